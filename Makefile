@@ -1,0 +1,73 @@
+# localproxy: the one entry point. Every target runs on a fresh Debian 12 machine as root.
+#   make deps      install Debian packages and the Python test peers (.venv/)
+#   make build     host build (full Swift, SwiftPM)
+#   make test      Swift tests + Python peer tests (installs deps first when missing)
+#   make embedded  build the device modules in Embedded Swift (x86_64)
+
+SHELL        := /bin/bash
+SWIFT        ?= swift
+SWIFTC       ?= $(shell command -v swiftc)
+TC           := $(patsubst %/usr/bin/swiftc,%,$(realpath $(SWIFTC)))
+VENV         := .venv
+PY           := $(VENV)/bin/python
+APT_PACKAGES := libuv1-dev libmbedtls-dev openssl python3-venv
+PEERS        := Tests/Peers
+
+# Embedded build (device modules). ARCH is fixed to x86_64 until the cross-compilation work lands.
+ARCH         ?= x86_64
+EMB_DIR      := .build-embedded/$(ARCH)
+EMB_TARGET   := x86_64-unknown-linux-gnu
+EMB_FLAGS    := -target $(EMB_TARGET) -enable-experimental-feature Embedded -wmo -Osize -parse-as-library \
+                -I Sources/CLibUV -I Sources/CMbedTLS -I $(EMB_DIR)
+# Device modules in dependency order; each later one may import the earlier ones.
+DEVICE_MODULES := TunnelCore
+
+.PHONY: all deps deps-apt venv build test test-swift test-peers embedded clean
+
+all: build
+
+deps: deps-apt venv
+
+# Installs only what is missing, so repeated runs are quick and need no network.
+deps-apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: $(PEERS)/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r $(PEERS)/requirements.txt
+	touch $@
+
+build: deps-apt
+	$(SWIFT) build
+
+test: deps
+	$(SWIFT) build --product wire-probe
+	$(SWIFT) test
+	WIRE_PROBE=$$($(SWIFT) build --show-bin-path)/wire-probe $(VENV)/bin/pytest -q $(PEERS)
+
+test-swift: deps-apt
+	$(SWIFT) test
+
+test-peers: deps
+	$(SWIFT) build --product wire-probe
+	WIRE_PROBE=$$($(SWIFT) build --show-bin-path)/wire-probe $(VENV)/bin/pytest -q $(PEERS)
+
+# Every module the device binary links, compiled in Embedded Swift, so that the Embedded subset
+# (typed throws, no existentials of non-class protocols, no reflection...) is enforced on each commit.
+embedded: deps-apt
+	@mkdir -p $(EMB_DIR)
+	@for m in $(DEVICE_MODULES); do \
+	  echo "embedded $(ARCH): $$m"; \
+	  $(SWIFTC) $(EMB_FLAGS) -module-name $$m -emit-module -emit-module-path $(EMB_DIR)/$$m.swiftmodule \
+	    Sources/$$m/*.swift -c -o $(EMB_DIR)/$$m.o || exit 1; \
+	done
+	@ls -l $(EMB_DIR)/*.o
+
+clean:
+	rm -rf .build .build-embedded

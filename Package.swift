@@ -1,0 +1,34 @@
+// swift-tools-version:6.0
+// Host build (full Swift) used for development and `swift test`.
+// The device binary is built separately in Embedded Swift by the Makefile (`make embedded`).
+import PackageDescription
+
+let mbedtlsLibraries: [LinkerSetting] = [
+    .linkedLibrary("mbedtls"), .linkedLibrary("mbedx509"), .linkedLibrary("mbedcrypto"),
+]
+
+let package = Package(
+    name: "localproxy",
+    products: [
+        .library(name: "TunnelCore", targets: ["TunnelCore"]),
+        .executable(name: "wire-probe", targets: ["wire-probe"]),
+    ],
+    targets: [
+        // C libraries through module maps. Debian's mbedTLS 2.28 ships no pkg-config file.
+        .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
+        .systemLibrary(name: "CMbedTLS", providers: [.apt(["libmbedtls-dev"])]),
+
+        // Protocol core: no I/O, no clock, Embedded-clean. Uses mbedTLS only for SHA-1 and base64.
+        .target(
+            name: "TunnelCore",
+            dependencies: ["CMbedTLS"],
+            linkerSettings: mbedtlsLibraries
+        ),
+
+        // Host-only test peer driver: speaks our codecs over plain sockets so that Python's
+        // `websockets` and `protobuf` can check them (Tests/Peers). Never part of the device binary.
+        .executableTarget(name: "wire-probe", dependencies: ["TunnelCore"]),
+
+        .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore"]),
+    ]
+)
