@@ -7,10 +7,11 @@
 SHELL        := /bin/bash
 SWIFT        ?= swift
 SWIFTC       ?= $(shell command -v swiftc)
-TC           := $(patsubst %/usr/bin/swiftc,%,$(realpath $(SWIFTC)))
+# The toolchain root (holds usr/bin/clang and usr/lib/swift/embedded).
+TC           := $(abspath $(dir $(realpath $(SWIFTC)))/../..)
 VENV         := .venv
 PY           := $(VENV)/bin/python
-APT_PACKAGES := libuv1-dev libmbedtls-dev openssl python3-venv
+APT_PACKAGES := libuv1-dev libmbedtls-dev openssl
 PEERS        := Tests/Peers
 
 # Embedded build (device modules). ARCH is fixed to x86_64 until the cross-compilation work lands.
@@ -19,6 +20,10 @@ EMB_DIR      := .build-embedded/$(ARCH)
 EMB_TARGET   := x86_64-unknown-linux-gnu
 EMB_FLAGS    := -target $(EMB_TARGET) -enable-experimental-feature Embedded -wmo -Osize -parse-as-library \
                 -I Sources/CLibUV -I Sources/CMbedTLS -I $(EMB_DIR)
+EMB_LINK     := clang --target=x86_64-linux-gnu -fuse-ld=lld -Wl,--gc-sections
+EMB_LIBS     := $(TC)/usr/lib/swift/embedded/$(EMB_TARGET)/libswiftUnicodeDataTables.a \
+                -L/usr/lib/x86_64-linux-gnu -l:libuv_a.a -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a \
+                -lpthread -ldl -lm
 # Device modules in dependency order; each later one may import the earlier ones.
 DEVICE_MODULES := TunnelCore
 
@@ -67,7 +72,11 @@ embedded: deps-apt
 	  $(SWIFTC) $(EMB_FLAGS) -module-name $$m -emit-module -emit-module-path $(EMB_DIR)/$$m.swiftmodule \
 	    Sources/$$m/*.swift -c -o $(EMB_DIR)/$$m.o || exit 1; \
 	done
-	@ls -l $(EMB_DIR)/*.o
+	@echo "embedded $(ARCH): core-selftest (link and run)"
+	@$(SWIFTC) $(EMB_FLAGS) -module-name core_selftest Sources/core-selftest/*.swift -c -o $(EMB_DIR)/core-selftest.o
+	@$(TC)/usr/bin/$(EMB_LINK) $(EMB_DIR)/core-selftest.o $(addprefix $(EMB_DIR)/,$(addsuffix .o,$(DEVICE_MODULES))) \
+	  $(EMB_LIBS) -o $(EMB_DIR)/core-selftest
+	@$(EMB_DIR)/core-selftest
 
 clean:
 	rm -rf .build .build-embedded

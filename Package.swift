@@ -29,6 +29,9 @@ let package = Package(
         // `websockets` and `protobuf` can check them (Tests/Peers). Never part of the device binary.
         .executableTarget(name: "wire-probe", dependencies: ["TunnelCore"]),
 
+        // Byte vectors run as a program; `make embedded` links and runs it in Embedded Swift.
+        .executableTarget(name: "core-selftest", dependencies: ["TunnelCore", "CLibUV"]),
+
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore"]),
     ]
 )

@@ -91,6 +91,8 @@ public struct ProtobufReader {
 
     public let bytes: UnsafeRawBufferPointer
     public private(set) var offset: Int = 0
+    /// Where the most recently read key started, for errors about the field it introduced.
+    public private(set) var keyOffset: Int = 0
 
     public init(_ bytes: UnsafeRawBufferPointer) {
         self.bytes = bytes
@@ -118,6 +120,7 @@ public struct ProtobufReader {
     /// Reads a field key; returns the field number and wire type.
     public mutating func readKey() throws(ProtobufDecodingError) -> (field: UInt64, wireType: ProtobufWireType) {
         let start = offset
+        keyOffset = start
         let key = try readVarint()
         let number = key >> 3
         guard number >= 1 && number <= 0x1FFF_FFFF else {
@@ -157,7 +160,7 @@ public struct ProtobufReader {
         case .startGroup:
             try skipGroup(field: field)
         case .endGroup:
-            throw ProtobufDecodingError(.unmatchedEndGroup, offset: offset, field: field)
+            throw ProtobufDecodingError(.unmatchedEndGroup, offset: keyOffset, field: field)
         }
     }
 

@@ -1,0 +1,8 @@
+import CLibUV
+
+@main
+struct CoreSelfTest {
+    static func main() {
+        exit(runSelfTest())
+    }
+}
