@@ -461,9 +461,11 @@ public enum WebSocketUpgradeResponse {
         return Array(text.utf8)
     }
 
-    /// An error answer with a plain-text body; the connection is to be closed after it.
+    /// An error answer with a plain-text body; the connection is to be closed after it. A 426
+    /// names the version this server speaks, as RFC 6455 §4.2.2 requires.
     public static func error(status: Int, reason: String, body: String, extraHeaders: [HTTPHeader] = []) -> [UInt8] {
         var text = "HTTP/1.1 \(status) \(reason)\r\n"
+        if status == 426 { text += "Sec-WebSocket-Version: 13\r\n" }
         text += "Content-Type: text/plain; charset=utf-8\r\n"
         text += "Content-Length: \(body.utf8.count)\r\n"
         text += "Connection: close\r\n"

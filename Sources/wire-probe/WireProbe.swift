@@ -55,7 +55,16 @@ func say(_ line: String) {
 }
 
 func fail(_ message: String) -> Never {
-    say("error: \(message)")
+    // One line per error, whatever the message holds (HTTP bodies end with line breaks).
+    var line = ""
+    for c in message.unicodeScalars {
+        switch c {
+        case "\n": line += "\\n"
+        case "\r": line += "\\r"
+        default: line.unicodeScalars.append(c)
+        }
+    }
+    say("error: \(line)")
     exit(1)
 }
 
