@@ -11,6 +11,7 @@ let package = Package(
     name: "localproxy",
     products: [
         .library(name: "TunnelCore", targets: ["TunnelCore"]),
+        .library(name: "TunnelTLS", targets: ["TunnelTLS"]),
         .executable(name: "wire-probe", targets: ["wire-probe"]),
     ],
     targets: [
@@ -25,6 +26,13 @@ let package = Package(
             linkerSettings: mbedtlsLibraries
         ),
 
+        // mbedTLS over memory buffers: TLS client and server roles, secure random bytes.
+        .target(
+            name: "TunnelTLS",
+            dependencies: ["TunnelCore", "CMbedTLS"],
+            linkerSettings: mbedtlsLibraries
+        ),
+
         // Host-only test peer driver: speaks our codecs over plain sockets so that Python's
         // `websockets` and `protobuf` can check them (Tests/Peers). Never part of the device binary.
         .executableTarget(name: "wire-probe", dependencies: ["TunnelCore"]),
@@ -33,5 +41,6 @@ let package = Package(
         .executableTarget(name: "core-selftest", dependencies: ["TunnelCore", "CLibUV"]),
 
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore"]),
+        .testTarget(name: "TunnelTLSTests", dependencies: ["TunnelTLS"]),
     ]
 )

@@ -1,0 +1,248 @@
+import CMbedTLS
+import TunnelCore
+
+/// Shared settings for TLS sessions: role, trust anchors or own certificate, verification.
+public final class TLSConfiguration {
+    public enum Role { case client, server }
+
+    /// Debian's bundle of trusted roots, used when no `-c/--capath` is given.
+    public static let systemBundle = "/etc/ssl/certs/ca-certificates.crt"
+
+    public let role: Role
+    public let verifiesPeer: Bool
+    let random: SecureRandom
+    let config: UnsafeMutablePointer<mbedtls_ssl_config>
+    let trusted: UnsafeMutablePointer<mbedtls_x509_crt>
+    let ownCertificate: UnsafeMutablePointer<mbedtls_x509_crt>
+    let ownKey: UnsafeMutablePointer<mbedtls_pk_context>
+
+    private init(role: Role, verifiesPeer: Bool, random: SecureRandom) throws(TLSError) {
+        self.role = role
+        self.verifiesPeer = verifiesPeer
+        self.random = random
+        config = .allocate(capacity: 1)
+        trusted = .allocate(capacity: 1)
+        ownCertificate = .allocate(capacity: 1)
+        ownKey = .allocate(capacity: 1)
+        mbedtls_ssl_config_init(config)
+        mbedtls_x509_crt_init(trusted)
+        mbedtls_x509_crt_init(ownCertificate)
+        mbedtls_pk_init(ownKey)
+        let status = mbedtls_ssl_config_defaults(
+            config, role == .client ? MBEDTLS_SSL_IS_CLIENT : MBEDTLS_SSL_IS_SERVER,
+            MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT)
+        if status != 0 { throw TLSError(status, "setting TLS defaults") }
+        lp_ssl_conf_min_tls12(config)
+        mbedtls_ssl_conf_rng(config, mbedtls_ctr_drbg_random, random.drbg)
+        mbedtls_ssl_conf_authmode(config, verifiesPeer ? MBEDTLS_SSL_VERIFY_REQUIRED : MBEDTLS_SSL_VERIFY_NONE)
+    }
+
+    deinit {
+        mbedtls_ssl_config_free(config)
+        mbedtls_x509_crt_free(trusted)
+        mbedtls_x509_crt_free(ownCertificate)
+        mbedtls_pk_free(ownKey)
+        config.deallocate()
+        trusted.deallocate()
+        ownCertificate.deallocate()
+        ownKey.deallocate()
+    }
+
+    /// A client configuration. `trustPaths` are PEM bundles or directories of certificates
+    /// (each entry may be either); empty means the system bundle. With `verify` false nothing
+    /// about the server's certificate is checked (`-k`): for development only.
+    public static func client(trustPaths: [String], verify: Bool, random: SecureRandom) throws(TLSError) -> TLSConfiguration {
+        let c = try TLSConfiguration(role: .client, verifiesPeer: verify, random: random)
+        if verify {
+            for path in trustPaths.isEmpty ? [systemBundle] : trustPaths {
+                try c.addTrusted(path)
+            }
+            mbedtls_ssl_conf_ca_chain(c.config, c.trusted, nil)
+        }
+        return c
+    }
+
+    /// A server configuration presenting `certificateFile` (PEM chain) with `keyFile`.
+    public static func server(certificateFile: String, keyFile: String, random: SecureRandom) throws(TLSError) -> TLSConfiguration {
+        let c = try TLSConfiguration(role: .server, verifiesPeer: false, random: random)
+        var status = withCString(certificateFile) { mbedtls_x509_crt_parse_file(c.ownCertificate, $0) }
+        if status != 0 { throw TLSError(status, "loading the certificate \(certificateFile)") }
+        status = withCString(keyFile) { lp_pk_parse_keyfile(c.ownKey, $0, random.drbg) }
+        if status != 0 { throw TLSError(status, "loading the private key \(keyFile)") }
+        status = mbedtls_ssl_conf_own_cert(c.config, c.ownCertificate, c.ownKey)
+        if status != 0 { throw TLSError(status, "using the certificate \(certificateFile) with the key \(keyFile)") }
+        return c
+    }
+
+    /// Adds a PEM/DER file, or every certificate file in a directory, to the trusted roots.
+    private func addTrusted(_ path: String) throws(TLSError) {
+        // A directory first: parse_path fails cleanly on a regular file, while parse_file would
+        // try to read a directory as one huge file.
+        var status = withCString(path) { mbedtls_x509_crt_parse_path(trusted, $0) }
+        if status == Int32(LP_ERR_X509_FILE_IO_ERROR) {
+            status = withCString(path) { mbedtls_x509_crt_parse_file(trusted, $0) }
+        }
+        // A positive result counts certificates that failed to parse while others loaded:
+        // bundles often contain a few that mbedTLS does not support, which is harmless.
+        if status < 0 { throw TLSError(status, "loading trusted certificates from \(path)") }
+        if trusted.pointee.version == 0 {
+            throw TLSError(Int32(LP_ERR_X509_FILE_IO_ERROR), "no usable certificate found in \(path)")
+        }
+    }
+}
+
+public enum TLSStatus: Equatable {
+    /// Done (handshake complete, or bytes read/written).
+    case done
+    /// Needs more ciphertext from the peer, or room in the outgoing buffer; try again after I/O.
+    case wantIO
+}
+
+/// One TLS session driven entirely through memory: the I/O layer puts the bytes it reads from
+/// the socket into `ciphertextIn`, and sends whatever appears in `ciphertextOut`. No call ever
+/// blocks; "want read/write" from mbedTLS means "come back after I/O", never an error.
+public final class TLSEngine {
+    /// TLS adds at most this much to a record: header, explicit IV, MAC or tag, CBC padding.
+    static let recordOverhead = 512
+    /// The largest plaintext one record carries.
+    public static let maximumRecordPayload = 16_384
+
+    public let configuration: TLSConfiguration
+    public let ciphertextIn: RingBuffer
+    public let ciphertextOut: RingBuffer
+    private let ssl: UnsafeMutablePointer<mbedtls_ssl_context>
+    public private(set) var handshakeComplete = false
+    public private(set) var receivedCloseNotify = false
+
+    /// `serverName` is sent as SNI and, when verifying, checked against the certificate.
+    public init(configuration: TLSConfiguration, serverName: String?, bufferSize: Int = 64 * 1024) throws(TLSError) {
+        self.configuration = configuration
+        do {
+            ciphertextIn = try RingBuffer(minimumCapacity: bufferSize)
+            ciphertextOut = try RingBuffer(minimumCapacity: bufferSize)
+        } catch {
+            throw TLSError(-1, "allocating TLS buffers: \(error)")
+        }
+        ssl = .allocate(capacity: 1)
+        mbedtls_ssl_init(ssl)
+        var status = mbedtls_ssl_setup(ssl, configuration.config)
+        if status != 0 { throw TLSError(status, "creating the TLS session") }
+        if let name = serverName {
+            status = withCString(name) { mbedtls_ssl_set_hostname(ssl, $0) }
+            if status != 0 { throw TLSError(status, "setting the TLS server name \(name)") }
+        }
+        mbedtls_ssl_set_bio(ssl, Unmanaged.passUnretained(self).toOpaque(), { context, data, length in
+            let engine = Unmanaged<TLSEngine>.fromOpaque(context!).takeUnretainedValue()
+            return engine.send(data!, length)
+        }, { context, data, length in
+            let engine = Unmanaged<TLSEngine>.fromOpaque(context!).takeUnretainedValue()
+            return engine.receive(data!, length)
+        }, nil)
+    }
+
+    deinit {
+        mbedtls_ssl_free(ssl)
+        ssl.deallocate()
+    }
+
+    private func send(_ data: UnsafePointer<UInt8>, _ length: Int) -> Int32 {
+        let n = min(length, ciphertextOut.writableCount)
+        if n == 0 { return Int32(LP_ERR_SSL_WANT_WRITE) }
+        _ = ciphertextOut.write(UnsafeRawBufferPointer(start: data, count: n))
+        return Int32(n)
+    }
+
+    private func receive(_ data: UnsafeMutablePointer<UInt8>, _ length: Int) -> Int32 {
+        let n = ciphertextIn.read(into: UnsafeMutableRawBufferPointer(start: data, count: min(length, Int(Int32.max))))
+        if n == 0 { return Int32(LP_ERR_SSL_WANT_READ) }
+        return Int32(n)
+    }
+
+    private func isWant(_ status: Int32) -> Bool {
+        status == Int32(LP_ERR_SSL_WANT_READ) || status == Int32(LP_ERR_SSL_WANT_WRITE)
+            || status == Int32(LP_ERR_SSL_NEW_SESSION_TICKET)
+    }
+
+    /// Advances the handshake as far as the buffered bytes allow.
+    public func handshake() throws(TLSError) -> TLSStatus {
+        if handshakeComplete { return .done }
+        let status = mbedtls_ssl_handshake(ssl)
+        if status == 0 {
+            handshakeComplete = true
+            return .done
+        }
+        if isWant(status) { return .wantIO }
+        if status == Int32(LP_ERR_X509_CERT_VERIFY_FAILED) {
+            throw TLSError(status, "verifying the server's certificate", verification: verificationProblems())
+        }
+        throw TLSError(status, "TLS handshake")
+    }
+
+    private func verificationProblems() -> String {
+        let flags = mbedtls_ssl_get_verify_result(ssl)
+        var buffer = [CChar](repeating: 0, count: 512)
+        let n = buffer.withUnsafeMutableBufferPointer { out in
+            withCString("") { prefix in mbedtls_x509_crt_verify_info(out.baseAddress, out.count, prefix, flags) }
+        }
+        guard n > 0 else { return "flags 0x\(hex(flags))" }
+        var text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        while text.hasSuffix("\n") { text.removeLast() }
+        var out = ""
+        for part in text.split(separator: "\n") {
+            if !out.isEmpty { out += "; " }
+            out += String(part)
+        }
+        return out
+    }
+
+    /// Decrypts into `buffer`. Returns the number of bytes (0 with `.wantIO`). After the peer's
+    /// close_notify, returns 0 with `.done` and `receivedCloseNotify` is set.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(TLSError) -> (Int, TLSStatus) {
+        guard !receivedCloseNotify else { return (0, .done) }
+        let status = mbedtls_ssl_read(ssl, buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count)
+        if status > 0 { return (Int(status), .done) }
+        if isWant(status) { return (0, .wantIO) }
+        if status == Int32(LP_ERR_SSL_PEER_CLOSE_NOTIFY) || status == 0 {
+            receivedCloseNotify = true
+            return (0, .done)
+        }
+        throw TLSError(status, "reading TLS data")
+    }
+
+    /// Bytes that `read` can return without more ciphertext.
+    public var bufferedPlaintext: Int { mbedtls_ssl_get_bytes_avail(ssl) }
+
+    /// How many plaintext bytes `write` accepts now without overrunning `ciphertextOut`.
+    public var writableCapacity: Int {
+        let room = ciphertextOut.writableCount
+        guard room > TLSEngine.recordOverhead else { return 0 }
+        let records = room / (TLSEngine.maximumRecordPayload + TLSEngine.recordOverhead)
+        if records > 0 { return records * TLSEngine.maximumRecordPayload }
+        return room - TLSEngine.recordOverhead
+    }
+
+    /// Encrypts up to `writableCapacity` bytes of `bytes` into `ciphertextOut`. Returns how many
+    /// were taken; the caller keeps the rest for when the outgoing buffer has drained.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(TLSError) -> Int {
+        var taken = 0
+        while taken < bytes.count {
+            let capacity = writableCapacity
+            if capacity == 0 { break }
+            let n = min(bytes.count - taken, capacity, TLSEngine.maximumRecordPayload)
+            let status = mbedtls_ssl_write(ssl, bytes.baseAddress!.advanced(by: taken).assumingMemoryBound(to: UInt8.self), n)
+            if status > 0 {
+                taken += Int(status)
+                continue
+            }
+            // With room reserved for a whole record, mbedTLS has no reason to want I/O here.
+            if isWant(status) { break }
+            throw TLSError(status, "writing TLS data")
+        }
+        return taken
+    }
+
+    /// Queues a close_notify alert (sent with the rest of `ciphertextOut`).
+    public func close() {
+        _ = mbedtls_ssl_close_notify(ssl)
+    }
+}
