@@ -32,6 +32,8 @@ public enum HandshakeCrypto {
     /// Decodes standard base64; nil when `text` is not valid base64.
     public static func base64Decode(_ text: String) -> [UInt8]? {
         let input = Array(text.utf8)
+        // mbedTLS silently drops an incomplete last group; padded base64 is always whole groups.
+        guard input.count % 4 == 0 else { return nil }
         var out = [UInt8](repeating: 0, count: input.count / 4 * 3 + 3)
         var written = 0
         let status = input.withUnsafeBufferPointer { src in

@@ -86,6 +86,12 @@ public struct HTTPHeadReader {
             let byte = input[i]
             i += 1
             bytes.append(byte)
+            if byte == 0x0A && (bytes.count < 2 || bytes[bytes.count - 2] != 0x0D) {
+                // Refuse at once: a peer using bare LF would otherwise leave us waiting for a
+                // CRLF CRLF that never comes.
+                input = UnsafeRawBufferPointer(rebasing: input[i...])
+                throw HTTPHeadError.malformedLine(offset: bytes.count - 1, what: "line feed without carriage return")
+            }
             if byte == 0x0A && endsWithBlankLine() {
                 input = UnsafeRawBufferPointer(rebasing: input[i...])
                 return try parse()

@@ -479,7 +479,7 @@ public enum WebSocketFrameEncoder {
     }
 
     /// A close frame with a status code and a reason (truncated to fit the 125-byte limit on a
-    /// character boundary).
+    /// Unicode scalar boundary, so it stays valid UTF-8).
     public static func closeFrame(code: UInt16, reason: String, maskingKey: WebSocketMaskingKey?) -> [UInt8] {
         var payload: [UInt8] = [UInt8(truncatingIfNeeded: code >> 8), UInt8(truncatingIfNeeded: code)]
         for scalar in reason.unicodeScalars {

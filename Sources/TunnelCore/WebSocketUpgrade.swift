@@ -204,10 +204,8 @@ public struct WebSocketUpgradeResponseReader {
             pending = (status, reason, channelId)
             body = try BodyReader(headers: response.headers, keep: maximumBodyKept)
         }
-        guard body.read(&input) else {
-            if let problem = body.failure { throw .malformedBody(problem) }
-            return nil
-        }
+        guard body.read(&input) else { return nil }
+        if let problem = body.failure { throw .malformedBody(problem) }
         return rejectedOutcome()
     }
 
@@ -298,7 +296,8 @@ struct BodyReader {
         if kept.count < keep { kept.append(b) }
     }
 
-    /// Consumes body bytes; returns true when the body is complete (or failed).
+    /// Consumes body bytes; returns true when the body is complete or broken (then `failure`
+    /// says why).
     mutating func read(_ input: inout UnsafeRawBufferPointer) -> Bool {
         switch framing {
         case .done:
