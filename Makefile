@@ -25,7 +25,7 @@ EMB_LIBS     := $(TC)/usr/lib/swift/embedded/$(EMB_TARGET)/libswiftUnicodeDataTa
                 -L/usr/lib/x86_64-linux-gnu -l:libuv_a.a -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a \
                 -lpthread -ldl -lm
 # Device modules in dependency order; each later one may import the earlier ones.
-DEVICE_MODULES := TunnelCore TunnelTLS
+DEVICE_MODULES := TunnelCore TunnelTLS TunnelIO
 
 .PHONY: all deps deps-apt venv build test test-swift test-peers embedded clean
 

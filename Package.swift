@@ -33,6 +33,13 @@ let package = Package(
             linkerSettings: mbedtlsLibraries
         ),
 
+        // The only libuv user: loop, streams, timers, signals, DNS.
+        .target(
+            name: "TunnelIO",
+            dependencies: ["TunnelCore", "CLibUV"],
+            linkerSettings: [.linkedLibrary("uv")]
+        ),
+
         // Host-only test peer driver: speaks our codecs over plain sockets so that Python's
         // `websockets` and `protobuf` can check them (Tests/Peers). Never part of the device binary.
         .executableTarget(name: "wire-probe", dependencies: ["TunnelCore"]),
@@ -42,5 +49,6 @@ let package = Package(
 
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore"]),
         .testTarget(name: "TunnelTLSTests", dependencies: ["TunnelTLS"]),
+        .testTarget(name: "TunnelIOTests", dependencies: ["TunnelIO"]),
     ]
 )

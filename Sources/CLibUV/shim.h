@@ -12,4 +12,7 @@
 #include <sys/stat.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+
+/// SIG_IGN is a cast macro that Swift cannot import.
+static inline void lp_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
 #endif

@@ -1,0 +1,409 @@
+import CLibUV
+import TunnelCore
+
+/// A socket address (IPv4, IPv6) in a fixed-size buffer, so it can be stored and passed to libuv.
+public struct SocketAddress: CustomStringConvertible {
+    var storage = sockaddr_storage()
+
+    public init?(ip: String, port: UInt16) {
+        let ok = withUnsafeMutablePointer(to: &storage) { pointer -> Bool in
+            let raw = UnsafeMutableRawPointer(pointer)
+            if withCString(ip, { uv_ip4_addr($0, Int32(port), raw.assumingMemoryBound(to: sockaddr_in.self)) }) == 0 { return true }
+            return withCString(ip, { uv_ip6_addr($0, Int32(port), raw.assumingMemoryBound(to: sockaddr_in6.self)) }) == 0
+        }
+        if !ok { return nil }
+    }
+
+    init(copying address: UnsafePointer<sockaddr>, length: Int) {
+        withUnsafeMutableBytes(of: &storage) { out in
+            out.copyMemory(from: UnsafeRawBufferPointer(start: address, count: min(length, out.count)))
+        }
+    }
+
+    func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>) -> R) -> R {
+        withUnsafePointer(to: storage) { body(UnsafeRawPointer($0).assumingMemoryBound(to: sockaddr.self)) }
+    }
+
+    public var port: UInt16 {
+        withSockaddr { p in
+            let family = Int32(p.pointee.sa_family)
+            if family == AF_INET6 {
+                return UInt16(bigEndian: UnsafeRawPointer(p).assumingMemoryBound(to: sockaddr_in6.self).pointee.sin6_port)
+            }
+            return UInt16(bigEndian: UnsafeRawPointer(p).assumingMemoryBound(to: sockaddr_in.self).pointee.sin_port)
+        }
+    }
+
+    public var description: String {
+        var text = [CChar](repeating: 0, count: 64)
+        let family = withSockaddr { Int32($0.pointee.sa_family) }
+        withSockaddr { p in
+            text.withUnsafeMutableBufferPointer { out in
+                if family == AF_INET6 {
+                    _ = uv_ip6_name(UnsafeRawPointer(p).assumingMemoryBound(to: sockaddr_in6.self), out.baseAddress, out.count)
+                } else {
+                    _ = uv_ip4_name(UnsafeRawPointer(p).assumingMemoryBound(to: sockaddr_in.self), out.baseAddress, out.count)
+                }
+            }
+        }
+        let host = text.withUnsafeBufferPointer { cString($0.baseAddress) }
+        return family == AF_INET6 ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+}
+
+/// A connected byte stream: a TCP socket or a Unix-domain socket.
+///
+/// Reads land in memory the owner provides (`allocate` returns a span of a ring buffer) and are
+/// reported with `onRead`; writes are issued from spans the owner keeps valid until the write's
+/// completion runs. Reading stops (`stopReading`) when the owner has nowhere to put more bytes,
+/// which is how back-pressure reaches the peer: its TCP window fills up.
+public final class Stream: Handle {
+    public enum Kind { case tcp, unixSocket }
+    public let kind: Kind
+
+    /// Where the next read may land. An empty span stops reading until `startReading` again.
+    public var allocate: (() -> UnsafeMutableRawBufferPointer)? = nil
+    /// `n > 0` bytes were read into the last span given, or the stream ended (`.endOfFile`)
+    /// or failed.
+    public var onRead: ((Result<Int, UVError>) -> Void)? = nil
+    private var connectCallback: ((UVError?) -> Void)? = nil
+    private var reading = false
+    /// Writes issued and not completed, counted so owners know when everything went out.
+    public private(set) var pendingWrites = 0
+
+    var stream: UnsafeMutablePointer<uv_stream_t> { storage.assumingMemoryBound(to: uv_stream_t.self) }
+
+    public init(loop: EventLoop, kind: Kind) {
+        self.kind = kind
+        super.init(byteCount: max(MemoryLayout<uv_tcp_t>.size, MemoryLayout<uv_pipe_t>.size))
+        switch kind {
+        case .tcp: uv_tcp_init(loop.loop, storage.assumingMemoryBound(to: uv_tcp_t.self))
+        case .unixSocket: uv_pipe_init(loop.loop, storage.assumingMemoryBound(to: uv_pipe_t.self), 0)
+        }
+        retainForLibuv()
+    }
+
+    override func willClose() {
+        allocate = nil
+        onRead = nil
+        connectCallback = nil
+    }
+
+    /// Connects a TCP stream; `completion` gets nil on success.
+    public func connect(to address: SocketAddress, _ completion: @escaping (UVError?) -> Void) {
+        let request = ConnectRequest(owner: self)
+        connectCallback = completion
+        let status = address.withSockaddr { a in
+            uv_tcp_connect(request.request, storage.assumingMemoryBound(to: uv_tcp_t.self), a) { req, status in
+                ConnectRequest.complete(req, status)
+            }
+        }
+        if status != 0 {
+            request.release()
+            connectCallback = nil
+            completion(UVError(status, "connecting to \(address)"))
+        }
+    }
+
+    /// Connects a Unix-domain socket stream.
+    public func connect(toPath path: String, _ completion: @escaping (UVError?) -> Void) {
+        let request = ConnectRequest(owner: self)
+        connectCallback = completion
+        withCString(path) { p in
+            uv_pipe_connect(request.request, storage.assumingMemoryBound(to: uv_pipe_t.self), p) { req, status in
+                ConnectRequest.complete(req, status)
+            }
+        }
+    }
+
+    fileprivate func connectFinished(_ status: Int32) {
+        let callback = connectCallback
+        connectCallback = nil
+        callback?(status == 0 ? nil : UVError(status, "connecting"))
+    }
+
+    /// Disables Nagle's algorithm: tunnel traffic is already batched into large writes, and
+    /// interactive sessions (SSH) need small writes to go out at once.
+    public func setNoDelay() {
+        guard kind == .tcp else { return }
+        uv_tcp_nodelay(storage.assumingMemoryBound(to: uv_tcp_t.self), 1)
+    }
+
+    public func startReading() {
+        guard !reading, !isClosing else { return }
+        reading = true
+        let status = uv_read_start(stream, { handle, _, buffer in
+            let owner = Handle.owner(handle, as: Stream.self)
+            let span = owner.allocate?() ?? UnsafeMutableRawBufferPointer(start: nil, count: 0)
+            buffer!.pointee = uv_buf_init(span.baseAddress?.assumingMemoryBound(to: CChar.self), UInt32(span.count))
+        }, { stream, nread, _ in
+            let owner = Handle.owner(UnsafeMutableRawPointer(stream!).assumingMemoryBound(to: uv_handle_t.self), as: Stream.self)
+            if nread > 0 {
+                owner.onRead?(.success(nread))
+            } else if nread < 0 {
+                if Int32(nread) == Int32(UV_ENOBUFS.rawValue) {
+                    // The owner had no room: it stops reading and resumes once space frees up.
+                    owner.stopReading()
+                    return
+                }
+                owner.reading = false
+                owner.onRead?(.failure(UVError(Int32(nread), "reading")))
+            }
+        })
+        if status != 0 {
+            reading = false
+            onRead?(.failure(UVError(status, "starting to read")))
+        }
+    }
+
+    public func stopReading() {
+        guard reading, !isClosing else { return }
+        reading = false
+        uv_read_stop(stream)
+    }
+
+    public var isReading: Bool { reading }
+
+    /// Writes up to two spans (the shape of a ring buffer's readable region). The spans must stay
+    /// valid until `completion` runs.
+    public func write(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                      _ completion: @escaping (UVError?) -> Void) {
+        let request = WriteRequest(owner: self, completion: completion)
+        var buffers = (
+            uv_buf_init(UnsafeMutablePointer(mutating: first.baseAddress?.assumingMemoryBound(to: CChar.self)), UInt32(first.count)),
+            uv_buf_init(UnsafeMutablePointer(mutating: second.baseAddress?.assumingMemoryBound(to: CChar.self)), UInt32(second.count))
+        )
+        let count: UInt32 = second.count > 0 ? 2 : 1
+        pendingWrites += 1
+        let status = withUnsafeMutablePointer(to: &buffers) { tuple in
+            tuple.withMemoryRebound(to: uv_buf_t.self, capacity: 2) { bufs in
+                uv_write(request.request, stream, bufs, count) { req, status in
+                    WriteRequest.complete(req, status)
+                }
+            }
+        }
+        if status != 0 {
+            pendingWrites -= 1
+            request.release()
+            completion(UVError(status, "writing"))
+        }
+    }
+
+    fileprivate func writeFinished() { pendingWrites -= 1 }
+
+    /// Half-closes: sends FIN after pending writes. `completion` runs when done.
+    public func shutdown(_ completion: @escaping (UVError?) -> Void) {
+        let request = ShutdownRequest(owner: self, completion: completion)
+        let status = uv_shutdown(request.request, stream) { req, status in
+            ShutdownRequest.complete(req, status)
+        }
+        if status != 0 {
+            request.release()
+            completion(UVError(status, "shutting down"))
+        }
+    }
+
+    /// Bytes the kernel has not yet accepted from our writes.
+    public var queuedWriteBytes: Int { uv_stream_get_write_queue_size(stream) }
+}
+
+/// libuv requests keep their Swift owner (and its stream) alive until their callback ran.
+final class ConnectRequest {
+    let request: UnsafeMutablePointer<uv_connect_t>
+    let owner: Stream
+
+    init(owner: Stream) {
+        self.owner = owner
+        request = .allocate(capacity: 1)
+        request.pointee.data = Unmanaged.passRetained(self).toOpaque()
+    }
+
+    func release() {
+        Unmanaged<ConnectRequest>.fromOpaque(request.pointee.data!).release()
+    }
+
+    static func complete(_ req: UnsafeMutablePointer<uv_connect_t>?, _ status: Int32) {
+        let unmanaged = Unmanaged<ConnectRequest>.fromOpaque(req!.pointee.data!)
+        let me = unmanaged.takeUnretainedValue()
+        if !me.owner.isClosing || status == 0 { me.owner.connectFinished(status) }
+        unmanaged.release()
+    }
+
+    deinit { request.deallocate() }
+}
+
+final class WriteRequest {
+    let request: UnsafeMutablePointer<uv_write_t>
+    let owner: Stream
+    let completion: (UVError?) -> Void
+
+    init(owner: Stream, completion: @escaping (UVError?) -> Void) {
+        self.owner = owner
+        self.completion = completion
+        request = .allocate(capacity: 1)
+        request.pointee.data = Unmanaged.passRetained(self).toOpaque()
+    }
+
+    func release() {
+        Unmanaged<WriteRequest>.fromOpaque(request.pointee.data!).release()
+    }
+
+    static func complete(_ req: UnsafeMutablePointer<uv_write_t>?, _ status: Int32) {
+        let unmanaged = Unmanaged<WriteRequest>.fromOpaque(req!.pointee.data!)
+        let me = unmanaged.takeUnretainedValue()
+        me.owner.writeFinished()
+        me.completion(status == 0 ? nil : UVError(status, "writing"))
+        unmanaged.release()
+    }
+
+    deinit { request.deallocate() }
+}
+
+final class ShutdownRequest {
+    let request: UnsafeMutablePointer<uv_shutdown_t>
+    let owner: Stream
+    let completion: (UVError?) -> Void
+
+    init(owner: Stream, completion: @escaping (UVError?) -> Void) {
+        self.owner = owner
+        self.completion = completion
+        request = .allocate(capacity: 1)
+        request.pointee.data = Unmanaged.passRetained(self).toOpaque()
+    }
+
+    func release() {
+        Unmanaged<ShutdownRequest>.fromOpaque(request.pointee.data!).release()
+    }
+
+    static func complete(_ req: UnsafeMutablePointer<uv_shutdown_t>?, _ status: Int32) {
+        let unmanaged = Unmanaged<ShutdownRequest>.fromOpaque(req!.pointee.data!)
+        let me = unmanaged.takeUnretainedValue()
+        me.completion(status == 0 ? nil : UVError(status, "shutting down"))
+        unmanaged.release()
+    }
+
+    deinit { request.deallocate() }
+}
+
+/// A listening TCP socket.
+public final class Listener: Handle {
+    private var onConnection: ((Stream) -> Void)? = nil
+    private let loop: EventLoop
+
+    public init(loop: EventLoop) {
+        self.loop = loop
+        super.init(byteCount: MemoryLayout<uv_tcp_t>.size)
+        uv_tcp_init(loop.loop, storage.assumingMemoryBound(to: uv_tcp_t.self))
+        retainForLibuv()
+    }
+
+    override func willClose() { onConnection = nil }
+
+    /// Binds and listens; each accepted connection is handed to `onConnection`.
+    public func listen(on address: SocketAddress, backlog: Int32 = 128, _ onConnection: @escaping (Stream) -> Void) throws(UVError) {
+        self.onConnection = onConnection
+        var status = address.withSockaddr { uv_tcp_bind(storage.assumingMemoryBound(to: uv_tcp_t.self), $0, 0) }
+        if status != 0 { throw UVError(status, "binding \(address)") }
+        status = uv_listen(storage.assumingMemoryBound(to: uv_stream_t.self), backlog) { server, status in
+            let owner = Handle.owner(UnsafeMutableRawPointer(server!).assumingMemoryBound(to: uv_handle_t.self), as: Listener.self)
+            guard status == 0 else { return }
+            let client = Stream(loop: owner.loop, kind: .tcp)
+            if uv_accept(server, client.stream) == 0 {
+                owner.onConnection?(client)
+            } else {
+                client.close()
+            }
+        }
+        if status != 0 { throw UVError(status, "listening on \(address)") }
+    }
+
+    /// The bound address (with the port the kernel chose for port 0).
+    public var localAddress: SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = Int32(MemoryLayout<sockaddr_storage>.size)
+        let status = withUnsafeMutablePointer(to: &storage) { p in
+            uv_tcp_getsockname(self.storage.assumingMemoryBound(to: uv_tcp_t.self),
+                               UnsafeMutableRawPointer(p).assumingMemoryBound(to: sockaddr.self), &length)
+        }
+        guard status == 0 else { return nil }
+        return withUnsafePointer(to: storage) {
+            SocketAddress(copying: UnsafeRawPointer($0).assumingMemoryBound(to: sockaddr.self), length: Int(length))
+        }
+    }
+}
+
+/// Asynchronous name resolution (`uv_getaddrinfo` runs getaddrinfo on libuv's thread pool, so
+/// the loop never blocks on DNS).
+public final class Resolver {
+    private let request: UnsafeMutablePointer<uv_getaddrinfo_t>
+    private var completion: ((Result<[SocketAddress], UVError>) -> Void)? = nil
+    private let port: UInt16
+    private let host: String
+
+    private init(host: String, port: UInt16) {
+        self.host = host
+        self.port = port
+        request = .allocate(capacity: 1)
+    }
+
+    deinit { request.deallocate() }
+
+    /// Resolves `host` (a name or a numeric address) to TCP addresses for `port`.
+    public static func resolve(loop: EventLoop, host: String, port: UInt16,
+                               _ completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
+        if let numeric = SocketAddress(ip: host, port: port) {
+            completion(.success([numeric]))
+            return
+        }
+        let resolver = Resolver(host: host, port: port)
+        resolver.completion = completion
+        resolver.request.pointee.data = Unmanaged.passRetained(resolver).toOpaque()
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        let status = withCString(host) { name in
+            uv_getaddrinfo(loop.loop, resolver.request, { req, status, result in
+                let unmanaged = Unmanaged<Resolver>.fromOpaque(req!.pointee.data!)
+                let me = unmanaged.takeUnretainedValue()
+                var addresses: [SocketAddress] = []
+                var entry = result
+                while let e = entry {
+                    if let a = e.pointee.ai_addr {
+                        var address = SocketAddress(copying: a, length: Int(e.pointee.ai_addrlen))
+                        address.setPort(me.port)
+                        addresses.append(address)
+                    }
+                    entry = e.pointee.ai_next
+                }
+                uv_freeaddrinfo(result)
+                let done = me.completion
+                me.completion = nil
+                if status != 0 {
+                    done?(.failure(UVError(status, "resolving \(me.host)")))
+                } else if addresses.isEmpty {
+                    done?(.failure(UVError(Int32(UV_EAI_NONAME.rawValue), "resolving \(me.host)")))
+                } else {
+                    done?(.success(addresses))
+                }
+                unmanaged.release()
+            }, name, nil, &hints)
+        }
+        if status != 0 {
+            Unmanaged<Resolver>.fromOpaque(resolver.request.pointee.data!).release()
+            completion(.failure(UVError(status, "resolving \(host)")))
+        }
+    }
+}
+
+extension SocketAddress {
+    mutating func setPort(_ port: UInt16) {
+        withUnsafeMutablePointer(to: &storage) { p in
+            let raw = UnsafeMutableRawPointer(p)
+            if Int32(raw.assumingMemoryBound(to: sockaddr.self).pointee.sa_family) == AF_INET6 {
+                raw.assumingMemoryBound(to: sockaddr_in6.self).pointee.sin6_port = port.bigEndian
+            } else {
+                raw.assumingMemoryBound(to: sockaddr_in.self).pointee.sin_port = port.bigEndian
+            }
+        }
+    }
+}
