@@ -25,7 +25,8 @@ EMB_LIBS     := $(TC)/usr/lib/swift/embedded/$(EMB_TARGET)/libswiftUnicodeDataTa
                 -L/usr/lib/x86_64-linux-gnu -l:libuv_a.a -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a \
                 -lpthread -ldl -lm
 # Device modules in dependency order; each later one may import the earlier ones.
-DEVICE_MODULES := TunnelCore TunnelTLS TunnelIO
+DEVICE_MODULES := TunnelCore TunnelTLS TunnelIO LocalProxy
+EMB_OBJECTS    := $(addprefix $(EMB_DIR)/,$(addsuffix .o,$(DEVICE_MODULES)))
 
 .PHONY: all deps deps-apt venv build test test-swift test-peers embedded clean
 
@@ -72,10 +73,15 @@ embedded: deps-apt
 	  $(SWIFTC) $(EMB_FLAGS) -module-name $$m -emit-module -emit-module-path $(EMB_DIR)/$$m.swiftmodule \
 	    Sources/$$m/*.swift -c -o $(EMB_DIR)/$$m.o || exit 1; \
 	done
+	@echo "embedded $(ARCH): localproxy (link)"
+	@$(SWIFTC) $(EMB_FLAGS) -module-name localproxy Sources/localproxy/*.swift -c -o $(EMB_DIR)/localproxy-main.o
+	@$(TC)/usr/bin/$(EMB_LINK) $(EMB_DIR)/localproxy-main.o $(EMB_OBJECTS) $(EMB_LIBS) -o $(EMB_DIR)/localproxy
+	@cp $(EMB_DIR)/localproxy $(EMB_DIR)/localproxy.stripped && strip $(EMB_DIR)/localproxy.stripped
+	@$(EMB_DIR)/localproxy --version
+	@ls -l $(EMB_DIR)/localproxy $(EMB_DIR)/localproxy.stripped
 	@echo "embedded $(ARCH): core-selftest (link and run)"
 	@$(SWIFTC) $(EMB_FLAGS) -module-name core_selftest Sources/core-selftest/*.swift -c -o $(EMB_DIR)/core-selftest.o
-	@$(TC)/usr/bin/$(EMB_LINK) $(EMB_DIR)/core-selftest.o $(addprefix $(EMB_DIR)/,$(addsuffix .o,$(DEVICE_MODULES))) \
-	  $(EMB_LIBS) -o $(EMB_DIR)/core-selftest
+	@$(TC)/usr/bin/$(EMB_LINK) $(EMB_DIR)/core-selftest.o $(EMB_OBJECTS) $(EMB_LIBS) -o $(EMB_DIR)/core-selftest
 	@$(EMB_DIR)/core-selftest
 
 clean:

@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .library(name: "TunnelCore", targets: ["TunnelCore"]),
         .library(name: "TunnelTLS", targets: ["TunnelTLS"]),
+        .executable(name: "localproxy", targets: ["localproxy"]),
         .executable(name: "wire-probe", targets: ["wire-probe"]),
     ],
     targets: [
@@ -40,6 +41,11 @@ let package = Package(
             linkerSettings: [.linkedLibrary("uv")]
         ),
 
+        // The application: configuration, runtimes per mode, logging, reconnect policy.
+        .target(name: "LocalProxy", dependencies: ["TunnelCore", "TunnelTLS", "TunnelIO", "CLibUV"]),
+        // The device binary: a thin entry point.
+        .executableTarget(name: "localproxy", dependencies: ["LocalProxy", "CLibUV"]),
+
         // Host-only test peer driver: speaks our codecs over plain sockets so that Python's
         // `websockets` and `protobuf` can check them (Tests/Peers). Never part of the device binary.
         .executableTarget(name: "wire-probe", dependencies: ["TunnelCore"]),
@@ -50,5 +56,6 @@ let package = Package(
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore"]),
         .testTarget(name: "TunnelTLSTests", dependencies: ["TunnelTLS"]),
         .testTarget(name: "TunnelIOTests", dependencies: ["TunnelIO"]),
+        .testTarget(name: "LocalProxyTests", dependencies: ["LocalProxy"]),
     ]
 )

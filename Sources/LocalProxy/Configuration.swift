@@ -1,0 +1,504 @@
+import TunnelCore
+
+/// Everything a run needs, resolved from the command line, `--config` file and environment
+/// (in that order of precedence; PROTOCOL.md §15).
+public struct Configuration {
+    public var mode: TunnelMode = .destination
+    public var endpointHost = ""
+    public var endpointPort: UInt16 = 443
+    public var accessToken = ""
+    /// Where the access token came from, for the log ("command line", "environment", a file).
+    public var accessTokenSource = ""
+    public var clientToken: String? = nil
+    public var destinationMappings: [ServiceMapping] = []
+    /// `--config-dir`: consulted for service mappings when `-d` gives none.
+    public var configDirectory: String? = nil
+    public var sourceMappings: [(serviceId: String, port: UInt16)] = []
+    public var bindAddress: String? = nil
+    public var trustPaths: [String] = []
+    public var verifyCertificates = true
+    public var destinationClientType: MessageFormat? = nil
+    public var verbosity = 4
+    public var connectRetries = 3
+    public var connectRetryDelayMilliseconds = 1000
+    public var pingIntervalMilliseconds = 20_000
+    public var reconnectDelayMaximumMilliseconds = 120_000
+    public var maximumPayload = TunnelMessage.maximumPayloadLength
+    /// Warnings found while parsing (logged once the logger is set up).
+    public var warnings: [String] = []
+
+    public init() {}
+}
+
+/// What the command line asked for.
+public enum Command {
+    case run(Configuration)
+    case help
+    case version
+}
+
+public struct ConfigurationError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// One option of the command line (and of `--config` files, which use the long names).
+struct OptionSpec {
+    let short: String?
+    let long: String
+    let takesValue: Bool
+}
+
+public enum ConfigurationParser {
+    static let options: [OptionSpec] = [
+        OptionSpec(short: "h", long: "help", takesValue: false),
+        OptionSpec(short: "V", long: "version", takesValue: false),
+        OptionSpec(short: "t", long: "access-token", takesValue: true),
+        OptionSpec(short: nil, long: "access-token-file", takesValue: true),
+        OptionSpec(short: "i", long: "client-token", takesValue: true),
+        OptionSpec(short: "e", long: "proxy-endpoint", takesValue: true),
+        OptionSpec(short: "r", long: "region", takesValue: true),
+        OptionSpec(short: "s", long: "source-listen-port", takesValue: true),
+        OptionSpec(short: "d", long: "destination-app", takesValue: true),
+        OptionSpec(short: "b", long: "local-bind-address", takesValue: true),
+        OptionSpec(short: "c", long: "capath", takesValue: true),
+        OptionSpec(short: "k", long: "no-ssl-host-verify", takesValue: false),
+        OptionSpec(short: "m", long: "mode", takesValue: true),
+        OptionSpec(short: "y", long: "destination-client-type", takesValue: true),
+        OptionSpec(short: "v", long: "verbose", takesValue: true),
+        OptionSpec(short: nil, long: "config", takesValue: true),
+        OptionSpec(short: nil, long: "config-dir", takesValue: true),
+        OptionSpec(short: nil, long: "settings-json", takesValue: true),
+        OptionSpec(short: nil, long: "export-default-settings", takesValue: true),
+        OptionSpec(short: nil, long: "connect-retries", takesValue: true),
+        OptionSpec(short: nil, long: "connect-retry-delay-ms", takesValue: true),
+        OptionSpec(short: nil, long: "ping-interval-ms", takesValue: true),
+        OptionSpec(short: nil, long: "reconnect-delay-max-ms", takesValue: true),
+        OptionSpec(short: nil, long: "max-payload", takesValue: true),
+    ]
+
+    static func spec(long: String) -> OptionSpec? {
+        for o in options where o.long == long { return o }
+        return nil
+    }
+
+    static func spec(short: String) -> OptionSpec? {
+        for o in options where o.short == short { return o }
+        return nil
+    }
+
+    /// Splits arguments into (long name, value) pairs, in order.
+    static func tokenize(_ arguments: [String]) throws(ConfigurationError) -> [(String, String)] {
+        var out: [(String, String)] = []
+        var i = 0
+        while i < arguments.count {
+            let arg = arguments[i]
+            i += 1
+            var spec: OptionSpec? = nil
+            var inline: String? = nil
+            if arg.hasPrefix("--") {
+                let body = String(arg.dropFirst(2))
+                var name = body
+                if let eq = body.firstIndex(of: "=") {
+                    name = String(body[..<eq])
+                    inline = String(body[body.index(after: eq)...])
+                }
+                spec = Self.spec(long: name)
+                if spec == nil { throw ConfigurationError("unknown option --\(name) (see --help)") }
+            } else if arg.hasPrefix("-") && arg.count >= 2 {
+                let letter = String(arg.dropFirst().prefix(1))
+                spec = Self.spec(short: letter)
+                if spec == nil { throw ConfigurationError("unknown option -\(letter) (see --help)") }
+                if arg.count > 2 { inline = String(arg.dropFirst(2)) }
+            } else {
+                throw ConfigurationError("unexpected argument '\(arg)': options start with - or -- (see --help)")
+            }
+            let option = spec!
+            if option.takesValue {
+                if let inline {
+                    out.append((option.long, inline))
+                } else {
+                    guard i < arguments.count else { throw ConfigurationError("option --\(option.long) needs a value") }
+                    out.append((option.long, arguments[i]))
+                    i += 1
+                }
+            } else {
+                if inline != nil { throw ConfigurationError("option --\(option.long) takes no value") }
+                out.append((option.long, ""))
+            }
+        }
+        return out
+    }
+
+    /// Parses `long-option = value` lines (blank lines and `#` comments ignored).
+    static func parseConfigFile(_ text: String, path: String) throws(ConfigurationError) -> [(String, String)] {
+        var out: [(String, String)] = []
+        var lineNumber = 0
+        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            lineNumber += 1
+            let line = trim(String(rawLine))
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            guard let eq = line.firstIndex(of: "=") else {
+                throw ConfigurationError("\(path) line \(lineNumber): expected 'option = value'")
+            }
+            let name = trim(String(line[..<eq]))
+            let value = trim(String(line[line.index(after: eq)...]))
+            guard let spec = spec(long: name), spec.long != "config" else {
+                throw ConfigurationError("\(path) line \(lineNumber): unknown option '\(name)'")
+            }
+            out.append((spec.long, spec.takesValue ? value : ""))
+            if !spec.takesValue && !(value.isEmpty || value == "true" || value == "1") {
+                out.removeLast()
+            }
+        }
+        return out
+    }
+
+    /// Parses a command line. `environment` and `readFile` give access to the system (tests pass
+    /// their own).
+    public static func parse(
+        _ arguments: [String],
+        environment: (String) -> String? = SystemAccess.environment,
+        readFile: (String) throws(ConfigurationError) -> String = defaultReadFile,
+        permissions: (String) -> UInt32? = SystemAccess.permissions
+    ) throws(ConfigurationError) -> Command {
+        let commandLine = try tokenize(arguments)
+        for (name, _) in commandLine {
+            if name == "help" { return .help }
+            if name == "version" { return .version }
+        }
+        // The config file's values come first so that command-line values override them.
+        var settings: [(String, String)] = []
+        for (name, value) in commandLine where name == "config" {
+            settings += try parseConfigFile(try readFile(value), path: value)
+        }
+        settings += commandLine.filter { $0.0 != "config" }
+        func last(_ name: String) -> String? {
+            var found: String? = nil
+            for (n, v) in settings where n == name { found = v }
+            return found
+        }
+        func has(_ name: String) -> Bool { last(name) != nil }
+
+        var c = Configuration()
+        if has("settings-json") || has("export-default-settings") {
+            throw ConfigurationError("--settings-json and --export-default-settings are not supported: the settings they carry are options here (see --help)")
+        }
+
+        if let v = last("verbose") {
+            guard let n = parseInt(v), n >= 0 && n <= 6 else { throw ConfigurationError("--verbose must be 0 to 6, got '\(v)'") }
+            c.verbosity = n
+        }
+
+        // Mode, from -m or from which of -s/-d is present.
+        var mode: TunnelMode? = nil
+        if let m = last("mode") {
+            switch m {
+            case "src", "source": mode = .source
+            case "dst", "destination": mode = .destination
+            default: throw ConfigurationError("--mode must be source (src) or destination (dst), got '\(m)'")
+            }
+        }
+        if has("source-listen-port") && has("destination-app") {
+            throw ConfigurationError("give either -s/--source-listen-port (source mode) or -d/--destination-app (destination mode), not both")
+        }
+        if has("source-listen-port") {
+            if mode == .destination { throw ConfigurationError("-s/--source-listen-port contradicts --mode destination") }
+            mode = .source
+        }
+        if has("destination-app") {
+            if mode == .source { throw ConfigurationError("-d/--destination-app contradicts --mode source") }
+            mode = .destination
+        }
+        guard let resolvedMode = mode else {
+            throw ConfigurationError("say which end this is: -d/--destination-app for the device, -s/--source-listen-port for the source, or -m/--mode")
+        }
+        c.mode = resolvedMode
+        c.bindAddress = last("local-bind-address")
+        c.configDirectory = last("config-dir")
+
+        // Endpoint: exactly one of -e and -r (the environment fills in when neither is given).
+        let endpoint = last("proxy-endpoint")
+        let region = last("region")
+        if endpoint != nil && region != nil {
+            throw ConfigurationError("give either -e/--proxy-endpoint or -r/--region, not both")
+        }
+        if let e = endpoint ?? (region == nil ? environment("AWSIOT_TUNNEL_ENDPOINT") : nil) {
+            (c.endpointHost, c.endpointPort) = try parseEndpoint(e)
+        } else if let r = region ?? environment("AWSIOT_TUNNEL_REGION") {
+            c.endpointHost = try endpointHost(forRegion: r)
+        } else {
+            throw ConfigurationError("no tunnel endpoint: give -r/--region (e.g. -r us-east-1) or -e/--proxy-endpoint HOST[:PORT]")
+        }
+
+        // Access token: -t, then --access-token-file, then the environment.
+        if let t = last("access-token") {
+            c.accessToken = t
+            c.accessTokenSource = "the command line"
+            c.warnings.append("the access token was given on the command line, where other users can see it in the process list: prefer AWSIOT_TUNNEL_ACCESS_TOKEN or --access-token-file")
+        } else if let file = last("access-token-file") {
+            guard let mode = permissions(file) else {
+                throw ConfigurationError("cannot read --access-token-file \(file): no such file or no permission")
+            }
+            if mode & 0o077 != 0 {
+                throw ConfigurationError("--access-token-file \(file) can be read by other users (mode \(octal(mode))): run chmod 600 \(file)")
+            }
+            c.accessToken = trim(try readFile(file))
+            c.accessTokenSource = file
+        } else if let t = environment("AWSIOT_TUNNEL_ACCESS_TOKEN") {
+            c.accessToken = t
+            c.accessTokenSource = "AWSIOT_TUNNEL_ACCESS_TOKEN"
+        }
+        if c.accessToken.isEmpty {
+            throw ConfigurationError("no access token: set AWSIOT_TUNNEL_ACCESS_TOKEN, or use --access-token-file FILE or -t TOKEN")
+        }
+        if c.accessToken.utf8.count > 4096 {
+            throw ConfigurationError("the access token is \(c.accessToken.utf8.count) bytes; tokens are at most 4096")
+        }
+        for b in c.accessToken.utf8 where b < 0x21 || b > 0x7E {
+            throw ConfigurationError("the access token contains a space or control character: check how it was copied")
+        }
+
+        if let token = last("client-token") ?? environment("AWSIOT_TUNNEL_CLIENT_TOKEN") {
+            guard isValidClientToken(token) else {
+                throw ConfigurationError("the client token must be 32 to 128 characters of letters, digits and '-' (a UUID works)")
+            }
+            c.clientToken = token
+        }
+
+        if let paths = last("capath") {
+            for p in paths.split(separator: ",") { c.trustPaths.append(trim(String(p))) }
+        }
+        if has("no-ssl-host-verify") { c.verifyCertificates = false }
+
+        if let t = last("destination-client-type") {
+            switch t {
+            case "V1", "v1": c.destinationClientType = .v1
+            case "V2", "v2": c.destinationClientType = .v2
+            case "V3", "v3": c.destinationClientType = .v3
+            default: throw ConfigurationError("--destination-client-type must be V1 or V2, got '\(t)'")
+            }
+        }
+
+        c.connectRetries = try intOption(last("connect-retries"), "connect-retries", 0...1000, c.connectRetries)
+        c.connectRetryDelayMilliseconds = try intOption(last("connect-retry-delay-ms"), "connect-retry-delay-ms", 1...600_000, c.connectRetryDelayMilliseconds)
+        c.pingIntervalMilliseconds = try intOption(last("ping-interval-ms"), "ping-interval-ms", 100...3_600_000, c.pingIntervalMilliseconds)
+        c.reconnectDelayMaximumMilliseconds = try intOption(last("reconnect-delay-max-ms"), "reconnect-delay-max-ms", 1...3_600_000, c.reconnectDelayMaximumMilliseconds)
+        c.maximumPayload = try intOption(last("max-payload"), "max-payload", 1...TunnelMessage.maximumPayloadLength, c.maximumPayload)
+
+        switch c.mode {
+        case .destination:
+            if let d = last("destination-app") {
+                c.destinationMappings = try parseDestinationMappings(d, defaultHost: c.bindAddress ?? "127.0.0.1")
+            } else if let dir = c.configDirectory {
+                c.destinationMappings = try mappingsFromDirectory(dir, defaultHost: c.bindAddress ?? "127.0.0.1", readFile: readFile)
+            }
+            if c.destinationMappings.isEmpty {
+                throw ConfigurationError("destination mode needs -d/--destination-app, e.g. -d 22 or -d SSH=22,HTTP=localhost:80")
+            }
+        case .source:
+            if let s = last("source-listen-port") {
+                c.sourceMappings = try parseSourceMappings(s)
+            }
+        }
+        return .run(c)
+    }
+
+    public static func defaultReadFile(_ path: String) throws(ConfigurationError) -> String {
+        do {
+            return String(decoding: try SystemAccess.readFile(path), as: UTF8.self)
+        } catch {
+            throw ConfigurationError("cannot read \(error)")
+        }
+    }
+
+    // MARK: Pieces
+
+    /// `HOST[:PORT]`, `[IPv6]:PORT`; lower-cased, port 443 by default.
+    static func parseEndpoint(_ text: String) throws(ConfigurationError) -> (String, UInt16) {
+        let value = lowercased(trim(text))
+        guard !value.isEmpty, value.utf8.count <= 253 + 8 else {
+            throw ConfigurationError("--proxy-endpoint '\(text)' is not HOST or HOST:PORT")
+        }
+        for b in value.utf8 {
+            let ok = (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x2E || b == 0x2D || b == 0x3A || b == 0x5B || b == 0x5D
+            if !ok { throw ConfigurationError("--proxy-endpoint '\(text)' contains characters a host name cannot have") }
+        }
+        let (host, port) = try splitHostPort(value, what: "--proxy-endpoint")
+        return (host, port ?? 443)
+    }
+
+    static func endpointHost(forRegion region: String) throws(ConfigurationError) -> String {
+        let r = trim(region)
+        guard !r.isEmpty, r.utf8.count <= 64 else { throw ConfigurationError("--region '\(region)' is not a region name like us-east-1") }
+        for b in r.utf8 where !((b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x2D) {
+            throw ConfigurationError("--region '\(region)' is not a region name like us-east-1")
+        }
+        let suffix = r.hasPrefix("cn-") ? "amazonaws.com.cn" : "amazonaws.com"
+        return "data.tunneling.iot.\(r).\(suffix)"
+    }
+
+    /// Splits `host:port`, `[v6]:port`, `host` or `[v6]`.
+    static func splitHostPort(_ value: String, what: String) throws(ConfigurationError) -> (String, UInt16?) {
+        if value.hasPrefix("[") {
+            guard let close = value.firstIndex(of: "]") else { throw ConfigurationError("\(what) '\(value)': missing ']' after an IPv6 address") }
+            let host = String(value[value.index(after: value.startIndex)..<close])
+            let rest = value[value.index(after: close)...]
+            if rest.isEmpty { return (host, nil) }
+            guard rest.hasPrefix(":"), let port = parsePort(String(rest.dropFirst())) else {
+                throw ConfigurationError("\(what) '\(value)': expected [IPv6]:PORT with a port from 1 to 65535")
+            }
+            return (host, port)
+        }
+        let parts = value.split(separator: ":", omittingEmptySubsequences: false)
+        if parts.count == 1 { return (value, nil) }
+        if parts.count == 2 {
+            guard let port = parsePort(String(parts[1])), !parts[0].isEmpty else {
+                throw ConfigurationError("\(what) '\(value)': expected HOST:PORT with a port from 1 to 65535")
+            }
+            return (String(parts[0]), port)
+        }
+        throw ConfigurationError("\(what) '\(value)': an IPv6 address needs brackets, e.g. [::1]:22")
+    }
+
+    /// The `-d` grammar (PROTOCOL.md §8.1): `ENDPOINT` alone, or `SVC=ENDPOINT,...`.
+    public static func parseDestinationMappings(_ text: String, defaultHost: String) throws(ConfigurationError) -> [ServiceMapping] {
+        let items = text.split(separator: ",").map { trim(String($0)) }.filter { !$0.isEmpty }
+        guard !items.isEmpty else { throw ConfigurationError("-d/--destination-app is empty") }
+        var out: [ServiceMapping] = []
+        for item in items {
+            if let eq = item.firstIndex(of: "=") {
+                let service = trim(String(item[..<eq]))
+                try checkServiceId(service)
+                if out.contains(where: { $0.serviceId == service }) {
+                    throw ConfigurationError("-d maps service \(service) twice")
+                }
+                out.append(ServiceMapping(serviceId: service, endpoint: try parseLocalEndpoint(trim(String(item[item.index(after: eq)...])), defaultHost: defaultHost)))
+            } else {
+                guard items.count == 1 else {
+                    throw ConfigurationError("-d entry '\(item)' needs a service name (SVC=\(item)) when several are given")
+                }
+                out.append(ServiceMapping(serviceId: "", endpoint: try parseLocalEndpoint(item, defaultHost: defaultHost)))
+            }
+        }
+        return out
+    }
+
+    /// `PORT`, `HOST:PORT`, `[IPv6]:PORT`, or a Unix socket path (contains '/').
+    static func parseLocalEndpoint(_ text: String, defaultHost: String) throws(ConfigurationError) -> Endpoint {
+        if text.contains("/") { return .unix(path: text) }
+        if let port = parsePort(text) { return .tcp(host: defaultHost, port: port) }
+        let (host, port) = try splitHostPort(text, what: "-d endpoint")
+        guard let port else {
+            throw ConfigurationError("-d endpoint '\(text)' has no port: use PORT, HOST:PORT, [IPv6]:PORT or a socket path")
+        }
+        return .tcp(host: host, port: port)
+    }
+
+    static func parseSourceMappings(_ text: String) throws(ConfigurationError) -> [(serviceId: String, port: UInt16)] {
+        let items = text.split(separator: ",").map { trim(String($0)) }.filter { !$0.isEmpty }
+        var out: [(serviceId: String, port: UInt16)] = []
+        for item in items {
+            if let eq = item.firstIndex(of: "=") {
+                let service = trim(String(item[..<eq]))
+                try checkServiceId(service)
+                let portText = trim(String(item[item.index(after: eq)...]))
+                guard let port = portText.isEmpty ? 0 : parsePort(portText) else {
+                    throw ConfigurationError("-s entry '\(item)': the port must be 1 to 65535")
+                }
+                out.append((service, port))
+            } else {
+                guard items.count == 1, let port = parsePort(item) else {
+                    throw ConfigurationError("-s entry '\(item)': use PORT alone, or SVC=PORT for each service")
+                }
+                out.append(("", port))
+            }
+        }
+        return out
+    }
+
+    /// `--config-dir`: `SERVICE=ENDPOINT` lines in every file below the directory; the first
+    /// file that names a service wins.
+    static func mappingsFromDirectory(_ directory: String, defaultHost: String,
+                                      readFile: (String) throws(ConfigurationError) -> String) throws(ConfigurationError) -> [ServiceMapping] {
+        var out: [ServiceMapping] = []
+        for file in SystemAccess.files(under: directory) {
+            let text = try readFile(file)
+            for line in text.split(separator: "\n") {
+                let l = trim(String(line))
+                if l.isEmpty || l.hasPrefix("#") || l.hasPrefix("[") { continue }
+                guard let eq = l.firstIndex(of: "=") else { continue }
+                let service = trim(String(l[..<eq]))
+                guard (try? checkServiceId(service)) != nil, !out.contains(where: { $0.serviceId == service }) else { continue }
+                guard let endpoint = try? parseLocalEndpoint(trim(String(l[l.index(after: eq)...])), defaultHost: defaultHost) else { continue }
+                out.append(ServiceMapping(serviceId: service, endpoint: endpoint))
+            }
+        }
+        return out
+    }
+
+    /// Service ids as the AWS API allows them: `[A-Za-z0-9:_-]`, 1 to 128 characters.
+    static func checkServiceId(_ id: String) throws(ConfigurationError) {
+        guard !id.isEmpty, id.utf8.count <= 128 else {
+            throw ConfigurationError("service name '\(id)' must be 1 to 128 characters")
+        }
+        for b in id.utf8 {
+            let ok = (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x5F || b == 0x2D || b == 0x3A
+            if !ok { throw ConfigurationError("service name '\(id)' may only contain letters, digits, '_', '-' and ':'") }
+        }
+    }
+
+    static func intOption(_ value: String?, _ name: String, _ range: ClosedRange<Int>, _ fallback: Int) throws(ConfigurationError) -> Int {
+        guard let value else { return fallback }
+        guard let n = parseInt(value), range.contains(n) else {
+            throw ConfigurationError("--\(name) must be a number from \(range.lowerBound) to \(range.upperBound), got '\(value)'")
+        }
+        return n
+    }
+}
+
+// MARK: Text helpers (no Foundation)
+
+func trim(_ s: String) -> String {
+    var bytes = Array(s.utf8)
+    while let f = bytes.first, f == 0x20 || f == 0x09 || f == 0x0D || f == 0x0A { bytes.removeFirst() }
+    while let l = bytes.last, l == 0x20 || l == 0x09 || l == 0x0D || l == 0x0A { bytes.removeLast() }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+func lowercased(_ s: String) -> String {
+    String(decoding: s.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)
+}
+
+func parseInt(_ s: String) -> Int? {
+    let bytes = Array(s.utf8)
+    guard !bytes.isEmpty, bytes.count <= 12 else { return nil }
+    var n = 0
+    var negative = false
+    for (i, b) in bytes.enumerated() {
+        if i == 0 && b == 0x2D && bytes.count > 1 {
+            negative = true
+            continue
+        }
+        guard b >= 0x30 && b <= 0x39 else { return nil }
+        n = n * 10 + Int(b - 0x30)
+    }
+    return negative ? -n : n
+}
+
+func parsePort(_ s: String) -> UInt16? {
+    guard let n = parseInt(s), n >= 1 && n <= 65535 else { return nil }
+    return UInt16(n)
+}
+
+func octal(_ n: UInt32) -> String {
+    var digits: [UInt8] = []
+    var v = n
+    repeat {
+        digits.append(UInt8(0x30 + v % 8))
+        v /= 8
+    } while v > 0
+    while digits.count < 4 { digits.append(0x30) }
+    return String(decoding: digits.reversed(), as: UTF8.self)
+}

@@ -1,0 +1,114 @@
+import TunnelCore
+import TunnelIO
+import TunnelTLS
+
+/// The program: parse the configuration, set up TLS and the loop, run the mode's runtime.
+public enum LocalProxyMain {
+    public static func run(arguments: [String]) -> Int32 {
+        let command: Command
+        do {
+            command = try ConfigurationParser.parse(arguments)
+        } catch {
+            Logger().log(.error, "\(error)")
+            Logger().log(.error, "run 'localproxy --help' for the options")
+            return ExitCode.configuration
+        }
+        let configuration: Configuration
+        switch command {
+        case .help:
+            printOut(helpText)
+            return ExitCode.normal
+        case .version:
+            printOut("localproxy \(LocalProxyVersion.string)\n")
+            return ExitCode.normal
+        case .run(let c):
+            configuration = c
+        }
+
+        let logger = Logger(verbosity: configuration.verbosity)
+        logger.info("localproxy \(LocalProxyVersion.string), \(configuration.mode) mode")
+        for warning in configuration.warnings { logger.warning(warning) }
+        ignoreBrokenPipeSignal()
+
+        let random: SecureRandom
+        let tls: TLSConfiguration
+        do {
+            random = try SecureRandom()
+            tls = try TLSConfiguration.client(trustPaths: configuration.trustPaths, verify: configuration.verifyCertificates, random: random)
+        } catch {
+            logger.fatal("\(error)")
+            return ExitCode.configuration
+        }
+        if !configuration.verifyCertificates {
+            logger.warning("-k/--no-ssl-host-verify: the service's certificate is NOT checked; anyone on the network path can read and alter the tunnel. Use only for testing")
+        }
+        let loop: EventLoop
+        do {
+            loop = try EventLoop()
+        } catch {
+            logger.fatal("\(error)")
+            return ExitCode.configuration
+        }
+
+        switch configuration.mode {
+        case .destination:
+            for m in configuration.destinationMappings {
+                logger.info("service \(m.serviceId.isEmpty ? "(unnamed)" : m.serviceId) -> \(m.endpoint)")
+            }
+            let runtime = DestinationRuntime(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
+            let code = runtime.run()
+            _ = loop.close()
+            return code
+        case .source:
+            logger.fatal("source mode is not available in this version yet: run the device side with -d")
+            return ExitCode.configuration
+        }
+    }
+
+    public static let helpText = """
+    localproxy \(LocalProxyVersion.string): AWS IoT Secure Tunneling local proxy
+
+    Usage (device side):  localproxy -r REGION -d [SVC=]ENDPOINT[,SVC=ENDPOINT...]
+      with the destination access token in AWSIOT_TUNNEL_ACCESS_TOKEN (or -t, or --access-token-file)
+
+    Options:
+      -h, --help                      show this help and exit
+      -V, --version                   show the version and exit
+      -t, --access-token TOKEN        access token (visible in the process list: prefer the
+                                      environment or --access-token-file)
+          --access-token-file FILE    read the access token from FILE (must not be readable by
+                                      group or others)
+      -i, --client-token TOKEN        client token (32-128 of A-Z a-z 0-9 -); default: a random
+                                      UUID, kept for every reconnect of this process
+      -r, --region REGION             tunnel region, e.g. us-east-1 (endpoint
+                                      data.tunneling.iot.REGION.amazonaws.com)
+      -e, --proxy-endpoint HOST[:PORT]  endpoint instead of -r (port 443 by default)
+      -d, --destination-app MAP       destination mode: where tunnel services go. MAP is one
+                                      ENDPOINT, or SVC=ENDPOINT,... ; ENDPOINT is PORT, HOST:PORT,
+                                      [IPv6]:PORT or a Unix socket path
+      -s, --source-listen-port MAP    source mode (not available yet)
+      -b, --local-bind-address ADDR   destination: default host for -d ports (127.0.0.1)
+      -c, --capath PATH[,PATH]        trusted CA certificates: PEM files or directories
+                                      (default: /etc/ssl/certs/ca-certificates.crt)
+      -k, --no-ssl-host-verify        do not verify the service's certificate (testing only)
+      -m, --mode MODE                 source|src or destination|dst (implied by -s or -d)
+      -y, --destination-client-type V1|V2  source mode: talk to old destinations
+      -v, --verbose LEVEL             0 silent, 1 fatal, 2 error, 3 warning, 4 info (default),
+                                      5 debug, 6 trace
+          --config FILE               read 'long-option = value' lines from FILE
+          --config-dir DIR            destination: SVC=ENDPOINT lines from files in DIR, used
+                                      when -d is not given
+          --connect-retries N         local connect retries before resetting the stream (3)
+          --connect-retry-delay-ms N  delay between local connect attempts (1000)
+          --ping-interval-ms N        WebSocket ping interval (20000)
+          --reconnect-delay-max-ms N  cap of the reconnect backoff (120000)
+          --max-payload N             largest DATA payload to send (64512)
+
+    Environment: AWSIOT_TUNNEL_ACCESS_TOKEN, AWSIOT_TUNNEL_CLIENT_TOKEN, AWSIOT_TUNNEL_ENDPOINT,
+    AWSIOT_TUNNEL_REGION (the command line takes precedence).
+
+    Exit codes: 0 stopped or tunnel closed by the service; 1 configuration error; 2 access
+    token rejected (a new token is needed); 3 the service's certificate did not verify.
+
+    """
+}

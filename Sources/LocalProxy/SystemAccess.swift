@@ -1,0 +1,106 @@
+import CLibUV
+import TunnelCore
+import TunnelIO
+
+/// The few things the proxy reads from the system, without Foundation (the device binary is
+/// Embedded Swift): its command line, environment variables, and small files.
+public enum SystemAccess {
+    /// Arguments after the program name, from /proc/self/cmdline (Embedded Swift has no
+    /// `CommandLine`; this also works under qemu-user).
+    public static func arguments() -> [String] {
+        guard let data = try? readFile("/proc/self/cmdline", limit: 1 << 20) else { return [] }
+        var out: [String] = []
+        for part in data.split(separator: 0, omittingEmptySubsequences: false) {
+            out.append(String(decoding: part, as: UTF8.self))
+        }
+        if out.last == "" { out.removeLast() }
+        return Array(out.dropFirst())
+    }
+
+    public static func environment(_ name: String) -> String? {
+        guard let value = withCString(name, { getenv($0) }) else { return nil }
+        var bytes: [UInt8] = []
+        var i = 0
+        while value[i] != 0 {
+            bytes.append(UInt8(bitPattern: value[i]))
+            i += 1
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Reads a whole file of at most `limit` bytes, with libuv's synchronous file calls.
+    public static func readFile(_ path: String, limit: Int = 1 << 20) throws(FileError) -> [UInt8] {
+        var request = uv_fs_t()
+        let fd = withCString(path) { uv_fs_open(nil, &request, $0, O_RDONLY, 0, nil) }
+        uv_fs_req_cleanup(&request)
+        if fd < 0 { throw FileError(path: path, problem: UVError(fd, "opening").description) }
+        defer {
+            var closeRequest = uv_fs_t()
+            uv_fs_close(nil, &closeRequest, uv_file(fd), nil)
+            uv_fs_req_cleanup(&closeRequest)
+        }
+        var data: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { raw -> Int32 in
+                var buffer = uv_buf_init(raw.baseAddress!.assumingMemoryBound(to: CChar.self), UInt32(raw.count))
+                var readRequest = uv_fs_t()
+                let result = uv_fs_read(nil, &readRequest, uv_file(fd), &buffer, 1, -1, nil)
+                uv_fs_req_cleanup(&readRequest)
+                return result
+            }
+            if n < 0 { throw FileError(path: path, problem: UVError(n, "reading").description) }
+            if n == 0 { break }
+            data.append(contentsOf: chunk[0..<Int(n)])
+            if data.count > limit { throw FileError(path: path, problem: "larger than \(limit) bytes") }
+        }
+        return data
+    }
+
+    /// Permission bits of a file, or nil if it cannot be examined.
+    public static func permissions(_ path: String) -> UInt32? {
+        var request = uv_fs_t()
+        let status = withCString(path) { uv_fs_stat(nil, &request, $0, nil) }
+        defer { uv_fs_req_cleanup(&request) }
+        guard status == 0 else { return nil }
+        return UInt32(truncatingIfNeeded: request.statbuf.st_mode) & 0o7777
+    }
+
+    /// Regular files under `directory`, recursively, sorted by path.
+    public static func files(under directory: String, depth: Int = 0) -> [String] {
+        guard depth < 8 else { return [] }
+        var request = uv_fs_t()
+        let count = withCString(directory) { uv_fs_scandir(nil, &request, $0, 0, nil) }
+        defer { uv_fs_req_cleanup(&request) }
+        guard count >= 0 else { return [] }
+        var out: [String] = []
+        var entry = uv_dirent_t()
+        while uv_fs_scandir_next(&request, &entry) == 0 {
+            let name = cStringToString(entry.name)
+            let path = directory.hasSuffix("/") ? directory + name : directory + "/" + name
+            switch entry.type {
+            case UV_DIRENT_FILE: out.append(path)
+            case UV_DIRENT_DIR: out.append(contentsOf: files(under: path, depth: depth + 1))
+            default: continue
+            }
+        }
+        return out.sorted { a, b in Array(a.utf8).lexicographicallyPrecedes(Array(b.utf8)) }
+    }
+
+    static func cStringToString(_ p: UnsafePointer<CChar>?) -> String {
+        guard let p else { return "" }
+        var bytes: [UInt8] = []
+        var i = 0
+        while p[i] != 0 {
+            bytes.append(UInt8(bitPattern: p[i]))
+            i += 1
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+public struct FileError: Error, CustomStringConvertible {
+    public let path: String
+    public let problem: String
+    public var description: String { "\(path): \(problem)" }
+}

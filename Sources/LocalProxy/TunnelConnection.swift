@@ -1,0 +1,555 @@
+import TunnelCore
+import TunnelIO
+import TunnelTLS
+
+/// What the owner of a tunnel connection hears from it.
+public protocol TunnelConnectionDelegate: AnyObject {
+    func tunnelOpened(subprotocol: String, channelId: String?)
+    /// A tunnel message arrived. Its payload view is valid only during the call.
+    func tunnelMessage(_ message: TunnelMessage)
+    /// While true, the connection takes no more messages (and, once its buffers are full, stops
+    /// reading the socket) until `resumeReading()` is called.
+    var tunnelReadingPaused: Bool { get }
+    /// Space for outgoing frames became available.
+    func tunnelWritable()
+    /// The connection ended; called exactly once.
+    func tunnelClosed(_ reason: TunnelCloseReason)
+}
+
+public enum TunnelCloseReason: CustomStringConvertible {
+    /// The service sent a close frame: the tunnel was closed or expired, or the token rotated.
+    case closedByService(code: UInt16?, reason: String)
+    /// The service refused the upgrade (4xx: a new token is needed; 5xx: try again later).
+    case rejected(status: Int, reason: String, body: String)
+    /// The service's certificate did not verify.
+    case certificate(TLSError)
+    /// Transport, TLS or protocol failure: worth reconnecting.
+    case failed(String)
+    /// `stop()` finished.
+    case stopped
+
+    public var description: String {
+        switch self {
+        case .closedByService(let code, let reason):
+            return "closed by the service (code \(code.map { String($0) } ?? "none")\(reason.isEmpty ? "" : ", \(reason)"))"
+        case .rejected(let status, let reason, let body):
+            return "rejected the connection: \(status) \(reason)\(body.isEmpty ? "" : ": \(body)")"
+        case .certificate(let error):
+            return "certificate problem: \(error)"
+        case .failed(let why):
+            return why
+        case .stopped:
+            return "stopped"
+        }
+    }
+}
+
+public struct TunnelEndpoint {
+    public var host: String
+    public var port: UInt16
+    public var mode: TunnelMode
+    public var accessToken: String
+    public var clientToken: String?
+
+    public init(host: String, port: UInt16, mode: TunnelMode, accessToken: String, clientToken: String?) {
+        self.host = host
+        self.port = port
+        self.mode = mode
+        self.accessToken = accessToken
+        self.clientToken = clientToken
+    }
+}
+
+/// One WebSocket connection to the tunneling service: TCP, then TLS (mbedTLS over rings), then
+/// the HTTP upgrade, then tunnel messages in binary frames. Client role.
+///
+/// Inbound bytes flow socket → `tls.ciphertextIn` → (decrypt) → `plaintext` → WebSocket decoder
+/// → tunnel frame decoder → delegate. Each stage stops when the next is full, and parsing stops
+/// while the delegate is congested, so memory stays fixed and back-pressure reaches the service
+/// as a full TCP window.
+public final class TunnelConnection {
+    enum State {
+        case resolving
+        case connecting
+        case tlsHandshake
+        case upgrading
+        case open
+        /// We sent a close frame and wait for the service's.
+        case closing
+        case closed
+    }
+
+    /// Bytes a data frame needs in front of its tunnel frame: the largest masked header.
+    public static let frameHeadroom = WebSocketFrameEncoder.maximumHeaderLength
+
+    public let endpoint: TunnelEndpoint
+    let loop: EventLoop
+    let tlsConfiguration: TLSConfiguration
+    let random: SecureRandom
+    let logger: Logger
+    public var delegate: TunnelConnectionDelegate?
+    let pingIntervalMilliseconds: UInt64
+
+    private(set) var state = State.resolving
+    private var socket: Stream? = nil
+    private var tls: TLSEngine? = nil
+    private let plaintext: RingBuffer
+    private var upgradeRequest: WebSocketUpgradeRequest? = nil
+    private var responseReader: WebSocketUpgradeResponseReader? = nil
+    private let webSocket = WebSocketFrameDecoder(role: .client)
+    private let frames = TunnelFrameDecoder()
+    /// The rest of the current binary frame's payload that the tunnel decoder has not taken
+    /// yet: a view into `plaintext`, whose bytes are consumed as they are taken.
+    private var pendingChunk = UnsafeRawBufferPointer(start: nil, count: 0)
+    private var controlQueue: [[UInt8]] = []
+    private var writing = false
+    private var closeReported = false
+    private var sentClose = false
+    private let timer: Timer
+    private let pingTimer: Timer
+    private var processing = false
+
+    public init(loop: EventLoop, endpoint: TunnelEndpoint, tls: TLSConfiguration, random: SecureRandom,
+                logger: Logger, pingIntervalMilliseconds: Int) throws(TLSError) {
+        self.loop = loop
+        self.endpoint = endpoint
+        self.tlsConfiguration = tls
+        self.random = random
+        self.logger = logger
+        self.pingIntervalMilliseconds = UInt64(pingIntervalMilliseconds)
+        do {
+            plaintext = try RingBuffer(minimumCapacity: 64 * 1024)
+        } catch {
+            throw TLSError(-1, "allocating the tunnel buffer: \(error)")
+        }
+        timer = Timer(loop: loop)
+        pingTimer = Timer(loop: loop)
+    }
+
+    var target: String { "\(endpoint.host):\(endpoint.port)" }
+
+    // MARK: Connecting
+
+    /// Starts connecting; the outcome arrives through the delegate.
+    public func start(handshakeTimeoutMilliseconds: UInt64 = 30_000) {
+        timer.start(after: handshakeTimeoutMilliseconds) { [self] in
+            if state != .open && state != .closed { fail(.failed("no WebSocket connection to \(target) within \(handshakeTimeoutMilliseconds / 1000) s")) }
+        }
+        logger.debug("resolving \(endpoint.host)")
+        Resolver.resolve(loop: loop, host: endpoint.host, port: endpoint.port) { [self] result in
+            guard state == .resolving else { return }
+            switch result {
+            case .success(let addresses): connect(addresses, index: 0)
+            case .failure(let error): fail(.failed("\(error)"))
+            }
+        }
+    }
+
+    private func connect(_ addresses: [SocketAddress], index: Int) {
+        state = .connecting
+        let address = addresses[index]
+        logger.debug("connecting to \(address)")
+        let stream = Stream(loop: loop, kind: .tcp)
+        socket = stream
+        stream.connect(to: address) { [self] error in
+            guard state == .connecting else { return }
+            if let error {
+                stream.close()
+                socket = nil
+                if index + 1 < addresses.count {
+                    logger.debug("\(error); trying the next address")
+                    connect(addresses, index: index + 1)
+                } else {
+                    fail(.failed("cannot connect to \(target): \(error)"))
+                }
+                return
+            }
+            stream.setNoDelay()
+            startTLS(stream)
+        }
+    }
+
+    private func startTLS(_ stream: Stream) {
+        let engine: TLSEngine
+        do {
+            engine = try TLSEngine(configuration: tlsConfiguration, serverName: endpoint.host)
+        } catch {
+            fail(.failed("\(error)"))
+            return
+        }
+        tls = engine
+        state = .tlsHandshake
+        stream.allocate = { [unowned(unsafe) engine] in engine.ciphertextIn.writableSpans.0 }
+        stream.onRead = { [self] result in
+            switch result {
+            case .success(let n):
+                engine.ciphertextIn.commit(n)
+                drive()
+            case .failure(let error):
+                if error.code == UVError.endOfFile {
+                    fail(.failed(state == .open ? "the service closed the connection without a close frame" : "the service closed the connection during the handshake"))
+                } else {
+                    fail(.failed("connection to \(target) lost: \(error)"))
+                }
+            }
+        }
+        stream.startReading()
+        drive()
+    }
+
+    // MARK: The pump
+
+    /// Moves bytes through every stage as far as buffers allow. Called after each read, after
+    /// each completed write, and when the delegate resumes.
+    private func drive() {
+        guard !processing else { return }
+        processing = true
+        defer { processing = false }
+        guard let tls, let socket else { return }
+        if state == .tlsHandshake {
+            do {
+                let status = try tls.handshake()
+                if status == .done {
+                    logger.debug("TLS established with \(target)")
+                    sendUpgradeRequest(tls)
+                }
+            } catch {
+                if error.isCertificateVerificationFailure {
+                    fail(.certificate(error))
+                } else {
+                    fail(.failed("TLS handshake with \(target) failed: \(error)"))
+                }
+                return
+            }
+        }
+        if state == .upgrading || state == .open || state == .closing {
+            decrypt(tls)
+            if state == .closed { return }
+            process()
+            if state == .closed { return }
+            if tls.receivedCloseNotify && plaintext.readableCount == 0 && pendingChunk.isEmpty {
+                fail(.failed("the service ended TLS without a WebSocket close frame"))
+                return
+            }
+        }
+        flush()
+        if state != .closed && !socket.isReading && tls.ciphertextIn.writableCount > 0 {
+            socket.startReading()
+        }
+    }
+
+    private func sendUpgradeRequest(_ tls: TLSEngine) {
+        let request = WebSocketUpgradeRequest(
+            host: endpoint.host, mode: endpoint.mode, accessToken: endpoint.accessToken,
+            clientToken: endpoint.clientToken, protocols: [TunnelSubprotocol.v3],
+            keyBytes: random.bytes(16), userAgent: "localproxy/\(LocalProxyVersion.string)")
+        let bytes: [UInt8]
+        do {
+            bytes = try request.encoded()
+        } catch {
+            fail(.failed("\(error)"))
+            return
+        }
+        upgradeRequest = request
+        responseReader = WebSocketUpgradeResponseReader(request: request)
+        state = .upgrading
+        controlQueue.append(bytes)
+    }
+
+    private func decrypt(_ tls: TLSEngine) {
+        while plaintext.writableCount > 0 {
+            let span = plaintext.writableSpans.0
+            do {
+                let (n, _) = try tls.read(into: span)
+                if n == 0 { return }
+                plaintext.commit(n)
+            } catch {
+                fail(.failed("TLS error from \(target): \(error)"))
+                return
+            }
+        }
+    }
+
+    private func process() {
+        if state == .upgrading { readUpgradeResponse() }
+        while state == .open || state == .closing {
+            if delegate?.tunnelReadingPaused ?? false { return }
+            if !pendingChunk.isEmpty {
+                var input = pendingChunk
+                let message = frames.next(&input)
+                plaintext.consume(pendingChunk.count - input.count)
+                pendingChunk = input
+                if let message { deliver(message) }
+                continue
+            }
+            if plaintext.readableCount == 0 { return }
+            let span = plaintext.readableSpans.0
+            var input = span
+            let event: WebSocketEvent?
+            do {
+                event = try webSocket.next(&input)
+            } catch {
+                plaintext.consume(span.count - input.count)
+                logger.error("the service broke the WebSocket protocol: \(error)")
+                sendClose(code: error.closeCode, reason: "protocol error")
+                fail(.failed("WebSocket protocol error: \(error)"))
+                return
+            }
+            let used = span.count - input.count
+            guard let event else {
+                plaintext.consume(used)
+                continue
+            }
+            switch event {
+            case .binary(let chunk, _):
+                // The chunk is the tail of what the decoder used; keep it until taken.
+                plaintext.consume(used - chunk.count)
+                pendingChunk = UnsafeRawBufferPointer(chunk)
+            case .ping(let payload):
+                let copy = Array(payload)
+                plaintext.consume(used)
+                queueFrame(.pong, copy)
+            case .pong(let payload):
+                let text = String(decoding: payload, as: UTF8.self)
+                plaintext.consume(used)
+                if let sent = parseUInt(text) { logger.debug("pong from the service after \(loop.now &- sent) ms") }
+            case .close(let code, let reasonBytes):
+                let reason = String(decoding: reasonBytes, as: UTF8.self)
+                plaintext.consume(used)
+                closeReceived(code: code, reason: reason)
+                return
+            }
+        }
+    }
+
+    private func deliver(_ bytes: UnsafeRawBufferPointer) {
+        do {
+            let message = try TunnelMessage.decode(bytes)
+            delegate?.tunnelMessage(message)
+        } catch {
+            // The stream of tunnel messages can no longer be trusted: start a new session.
+            logger.error("undecodable tunnel message from the service: \(error)")
+            sendClose(code: WebSocketCloseCode.invalidPayload, reason: "undecodable tunnel message")
+            fail(.failed("undecodable tunnel message: \(error)"))
+        }
+    }
+
+    private func readUpgradeResponse() {
+        guard var reader = responseReader else { return }
+        while plaintext.readableCount > 0 {
+            let span = plaintext.readableSpans.0
+            var input = UnsafeRawBufferPointer(span)
+            let outcome: WebSocketUpgradeOutcome?
+            do {
+                outcome = try reader.read(&input)
+            } catch {
+                plaintext.consume(span.count - input.count)
+                fail(.failed("bad upgrade response from \(target): \(error)"))
+                return
+            }
+            plaintext.consume(span.count - input.count)
+            responseReader = reader
+            guard let outcome else { continue }
+            switch outcome {
+            case .accepted(let subprotocol, let channelId):
+                state = .open
+                timer.stop()
+                responseReader = nil
+                pingTimer.start(after: pingIntervalMilliseconds, repeat: pingIntervalMilliseconds) { [self] in sendPing() }
+                delegate?.tunnelOpened(subprotocol: subprotocol, channelId: channelId)
+            case .rejected(let status, let reason, let body, let channelId):
+                if let channelId { logger.info("channel-id of the rejected connection: \(channelId)") }
+                fail(.rejected(status: status, reason: reason, body: oneLine(body)))
+            }
+            return
+        }
+        responseReader = reader
+    }
+
+    // MARK: Sending
+
+    /// Sends a control message (no payload) after the frames already queued.
+    public func send(_ message: TunnelMessage) {
+        guard state == .open else { return }
+        do {
+            queueFrame(.binary, try TunnelFrame.encode(message))
+        } catch {
+            logger.error("cannot encode \(message.type): \(error)")
+        }
+    }
+
+    private func queueFrame(_ opcode: WebSocketOpcode, _ payload: [UInt8]) {
+        controlQueue.append(WebSocketFrameEncoder.frame(opcode: opcode, payload: payload, maskingKey: nextMaskingKey()))
+        if !processing { flush() }
+    }
+
+    public func nextMaskingKey() -> WebSocketMaskingKey { WebSocketMaskingKey(random.uint32()) }
+
+    /// Writes one complete, already masked data frame, if it fits now. Returns false when the
+    /// outgoing buffer is too full; the delegate hears `tunnelWritable()` when to try again.
+    public func writeFrame(_ frame: UnsafeRawBufferPointer) -> Bool {
+        guard state == .open, let tls, controlQueue.isEmpty, tls.writableCapacity >= frame.count else { return false }
+        do {
+            let taken = try tls.write(frame)
+            // Capacity was checked, so mbedTLS takes the whole frame: frames never interleave.
+            precondition(taken == frame.count, "TLS took part of a frame despite the capacity check")
+        } catch {
+            fail(.failed("TLS error: \(error)"))
+            return false
+        }
+        if !processing { flush() }
+        return true
+    }
+
+    /// Whether a data frame of `count` bytes would be accepted now.
+    public func canWrite(_ count: Int) -> Bool {
+        guard state == .open, let tls, controlQueue.isEmpty else { return false }
+        return tls.writableCapacity >= count
+    }
+
+    /// Moves queued control frames into TLS and ciphertext onto the socket.
+    private func flush() {
+        guard let tls, let socket, state != .closed else { return }
+        while let frame = controlQueue.first {
+            guard tls.writableCapacity >= frame.count else { break }
+            let result: Result<Int, TLSError> = frame.withUnsafeBytes { bytes in
+                do throws(TLSError) { return .success(try tls.write(bytes)) } catch { return .failure(error) }
+            }
+            if case .failure(let error) = result {
+                fail(.failed("TLS error: \(error)"))
+                return
+            }
+            controlQueue.removeFirst()
+        }
+        guard !writing, tls.ciphertextOut.readableCount > 0 else { return }
+        let (a, b) = tls.ciphertextOut.readableSpans
+        let count = a.count + b.count
+        writing = true
+        socket.write(UnsafeRawBufferPointer(a), UnsafeRawBufferPointer(b)) { [self] error in
+            writing = false
+            guard state != .closed else { return }
+            if let error {
+                fail(.failed("sending to \(target) failed: \(error)"))
+                return
+            }
+            tls.ciphertextOut.consume(count)
+            flush()
+            if state == .closing && sentClose && controlQueue.isEmpty && tls.ciphertextOut.readableCount == 0 && closeAcknowledged {
+                finishClose()
+                return
+            }
+            if state == .open { delegate?.tunnelWritable() }
+            drive()
+        }
+    }
+
+    private func sendPing() {
+        guard state == .open else { return }
+        queueFrame(.ping, Array(String(loop.now).utf8))
+    }
+
+    // MARK: Closing
+
+    private var closeAcknowledged = false
+    private var closeReasonToReport: TunnelCloseReason? = nil
+
+    /// The service sent a close frame: answer it, then end.
+    private func closeReceived(code: UInt16?, reason: String) {
+        if state == .closing {
+            // The answer to our own close.
+            closeAcknowledged = true
+            finishClose()
+            return
+        }
+        closeReasonToReport = .closedByService(code: code, reason: reason)
+        sendClose(code: code ?? WebSocketCloseCode.normal, reason: "")
+        state = .closing
+        closeAcknowledged = true
+        tls?.close()
+        flushThenFinish()
+    }
+
+    /// Ends the connection politely: a close frame with 1000, then waits (up to 2 s) for the
+    /// service's answer.
+    public func stop() {
+        switch state {
+        case .open:
+            closeReasonToReport = .stopped
+            sendClose(code: WebSocketCloseCode.normal, reason: "local proxy stopping")
+            state = .closing
+            timer.start(after: 2000) { [self] in finishClose() }
+            flush()
+        case .closing, .closed:
+            return
+        default:
+            fail(.stopped)
+        }
+    }
+
+    private func sendClose(code: UInt16, reason: String) {
+        guard !sentClose else { return }
+        sentClose = true
+        controlQueue.append(WebSocketFrameEncoder.closeFrame(code: code, reason: reason, maskingKey: nextMaskingKey()))
+    }
+
+    private func flushThenFinish() {
+        flush()
+        if !writing && (tls?.ciphertextOut.readableCount ?? 0) == 0 { finishClose() }
+        else { timer.start(after: 2000) { [self] in finishClose() } }
+    }
+
+    private func finishClose() {
+        guard state != .closed else { return }
+        fail(closeReasonToReport ?? .stopped)
+    }
+
+    /// Tears everything down and reports `reason` (once).
+    private func fail(_ reason: TunnelCloseReason) {
+        guard state != .closed else { return }
+        state = .closed
+        timer.close()
+        pingTimer.close()
+        if let socket {
+            socket.close()
+        }
+        socket = nil
+        controlQueue.removeAll()
+        pendingChunk = UnsafeRawBufferPointer(start: nil, count: 0)
+        if !closeReported {
+            closeReported = true
+            let d = delegate
+            delegate = nil
+            d?.tunnelClosed(reason)
+        }
+    }
+
+    /// Called by the delegate when it can take messages again.
+    public func resumeReading() {
+        guard state == .open || state == .closing else { return }
+        drive()
+    }
+
+    /// Drops the connection at once (no close frame), e.g. to reconnect after a session error.
+    public func abort(_ why: String) {
+        fail(.failed(why))
+    }
+}
+
+func oneLine(_ text: String) -> String {
+    var out = ""
+    for c in text.unicodeScalars {
+        if c == "\n" || c == "\r" { out += " " } else { out.unicodeScalars.append(c) }
+    }
+    return trim(out)
+}
+
+func parseUInt(_ s: String) -> UInt64? {
+    let bytes = Array(s.utf8)
+    guard !bytes.isEmpty, bytes.count <= 19 else { return nil }
+    var n: UInt64 = 0
+    for b in bytes {
+        guard b >= 0x30 && b <= 0x39 else { return nil }
+        n = n * 10 + UInt64(b - 0x30)
+    }
+    return n
+}

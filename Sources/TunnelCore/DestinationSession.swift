@@ -1,0 +1,479 @@
+/// The destination (device-side) half of a tunnel session, as a state machine with no I/O
+/// (PROTOCOL.md §8 and §17, without the reference's quirks of §16).
+///
+/// Events go in (a tunnel message, a local connect result, a local close, a retry timer) and
+/// actions come out (connect, deliver bytes to a local socket, close one, send a control message,
+/// log, reconnect, stop). The caller performs the actions. One session lives for one WebSocket
+/// connection; a reconnect starts a new one.
+///
+/// Lifecycle of a local connection, as this session sees it:
+///
+///     connecting(attempt n) --connected--> open --local EOF/error--> (gone, reset sent)
+///          |  ^                               |
+///          |  +--failed, n < retries: retry   +--reset from the peer, stream replaced,
+///          +--failed, n = retries: reset sent       session reset: closeLocal (gone)
+///
+/// A stream (per service) is created by STREAM_START and lives until STREAM_RESET, SESSION_RESET,
+/// a newer STREAM_START for the same service, or (V1/V2 format only) the close of its connection.
+/// In V3 a stream survives with zero connections: the source adds more with CONNECTION_START.
+
+/// Where a service's connections go.
+public enum Endpoint: Equatable, CustomStringConvertible {
+    case tcp(host: String, port: UInt16)
+    case unix(path: String)
+
+    public var description: String {
+        switch self {
+        case .tcp(let host, let port):
+            var h = host
+            for b in host.utf8 where b == 0x3A { h = "[\(host)]"; break }
+            return "\(h):\(port)"
+        case .unix(let path):
+            return path
+        }
+    }
+}
+
+/// One `-d` entry: a service id (empty for the single unnamed mapping) and its endpoint.
+public struct ServiceMapping: Equatable {
+    public var serviceId: String
+    public var endpoint: Endpoint
+
+    public init(serviceId: String, endpoint: Endpoint) {
+        self.serviceId = serviceId
+        self.endpoint = endpoint
+    }
+}
+
+/// Message format of a stream, decided by the peer's STREAM_START (PROTOCOL.md §11).
+public enum MessageFormat: Equatable, CustomStringConvertible {
+    /// No serviceId, no connectionId.
+    case v1
+    /// serviceId, no connectionId.
+    case v2
+    /// serviceId and connectionId.
+    case v3
+
+    public var description: String {
+        switch self {
+        case .v1: return "V1"
+        case .v2: return "V2"
+        case .v3: return "V3"
+        }
+    }
+}
+
+/// Identifies one local TCP (or Unix socket) connection for the lifetime of a process.
+public struct LocalConnectionID: Hashable, CustomStringConvertible {
+    public let rawValue: UInt32
+    public init(_ rawValue: UInt32) { self.rawValue = rawValue }
+    public var description: String { "#\(rawValue)" }
+}
+
+public enum LogLevel: Int, Comparable, CustomStringConvertible {
+    case fatal = 1, error, warning, info, debug, trace
+
+    public static func < (a: LogLevel, b: LogLevel) -> Bool { a.rawValue < b.rawValue }
+
+    public var description: String {
+        switch self {
+        case .fatal: return "fatal"
+        case .error: return "error"
+        case .warning: return "warning"
+        case .info: return "info"
+        case .debug: return "debug"
+        case .trace: return "trace"
+        }
+    }
+}
+
+/// Why a session must end.
+public enum SessionEndReason: Equatable, CustomStringConvertible {
+    /// The tunnel's services do not match the local configuration; retrying will not help.
+    case serviceMismatch(missing: [String], tunnel: [String])
+    /// The peer sent a message type we do not know without marking it ignorable.
+    case unknownMessageType(Int32)
+
+    public var description: String {
+        switch self {
+        case .serviceMismatch(let missing, let tunnel):
+            return "the tunnel's services [\(list(tunnel))] include [\(list(missing))], which -d/--destination-app does not map: add SERVICE=ENDPOINT for each (e.g. -d \(missing.first ?? "SSH")=22)"
+        case .unknownMessageType(let type):
+            return "the peer sent message type \(type), which this proxy does not know and which is not marked ignorable"
+        }
+    }
+}
+
+public enum DestinationAction {
+    /// Open a local connection to `endpoint` (attempt 1) for the given id.
+    case connect(LocalConnectionID, Endpoint)
+    /// Try connecting again after `delayMilliseconds` (then report `retryTimerFired`).
+    case scheduleRetry(LocalConnectionID, delayMilliseconds: Int)
+    /// Queue these bytes for writing to the local connection (connected or still connecting).
+    /// The view is valid only during the call that returned this action.
+    case deliver(LocalConnectionID, UnsafeRawBufferPointer)
+    /// Write what is queued, then close the local connection; forget it.
+    case closeLocal(LocalConnectionID)
+    /// Send a control message (no payload) to the tunnel.
+    case send(TunnelMessage)
+    case log(LogLevel, String)
+    /// Drop this WebSocket session and reconnect with the same tokens.
+    case reconnect(SessionEndReason)
+    /// Stop the proxy with an error: the configuration cannot work with this tunnel.
+    case fatal(SessionEndReason)
+}
+
+public struct DestinationSessionSettings {
+    /// Connect attempts after the first one before giving up on a local connection.
+    public var connectRetries: Int = 3
+    public var connectRetryDelayMilliseconds: Int = 1000
+    /// Most simultaneous connections accepted in one stream.
+    public var maximumConnectionsPerStream: Int = 128
+
+    public init() {}
+}
+
+public final class DestinationSession {
+    private struct Service {
+        var mapping: ServiceMapping
+        var serviceIdBytes: [UInt8]
+        var stream: Stream? = nil
+    }
+
+    private struct Stream {
+        var id: Int32
+        var format: MessageFormat
+        /// connectionId (1 for V1/V2 streams) → local id.
+        var connections: [UInt32: LocalConnectionID] = [:]
+    }
+
+    private struct Connection {
+        var service: Int
+        var streamId: Int32
+        var connectionId: UInt32
+        var format: MessageFormat
+        var attempts: Int
+        var open: Bool
+        /// Whether this connection was created by STREAM_START (reset with STREAM_RESET) or by
+        /// CONNECTION_START (reset with CONNECTION_RESET).
+        var startedStream: Bool
+    }
+
+    public let settings: DestinationSessionSettings
+    private var services: [Service]
+    private var connections: [LocalConnectionID: Connection] = [:]
+    private var nextLocalId: UInt32
+    /// Service ids the tunnel announced, once SERVICE_IDS arrived.
+    public private(set) var tunnelServices: [String]? = nil
+
+    /// `firstLocalId` lets a runtime keep ids unique across sessions of one process.
+    public init(mappings: [ServiceMapping], settings: DestinationSessionSettings = DestinationSessionSettings(), firstLocalId: UInt32 = 1) {
+        self.settings = settings
+        services = mappings.map { Service(mapping: $0, serviceIdBytes: Array($0.serviceId.utf8)) }
+        nextLocalId = firstLocalId
+    }
+
+    /// The next local id this session would hand out (for the runtime's next session).
+    public var nextLocalConnectionId: UInt32 { nextLocalId }
+
+    /// Local connections currently known (connecting or open).
+    public var connectionCount: Int { connections.count }
+
+    // MARK: Tunnel messages
+
+    public func handle(_ message: TunnelMessage, into actions: inout [DestinationAction]) {
+        switch message.type {
+        case .data: handleData(message, &actions)
+        case .streamStart: handleStreamStart(message, &actions)
+        case .connectionStart: handleConnectionStart(message, &actions)
+        case .streamReset: handleStreamReset(message, &actions)
+        case .connectionReset: handleConnectionReset(message, &actions)
+        case .sessionReset:
+            actions.append(.log(.info, "session reset by the service: closing every local connection"))
+            for index in services.indices { endStream(index, &actions) }
+        case .serviceIds: handleServiceIds(message, &actions)
+        default:
+            if message.ignorable {
+                actions.append(.log(.debug, "ignoring message of unknown \(message.type) (marked ignorable)"))
+            } else {
+                actions.append(.log(.error, "received message of unknown \(message.type), not marked ignorable: reconnecting"))
+                actions.append(.reconnect(.unknownMessageType(message.type.rawValue)))
+            }
+        }
+    }
+
+    private func handleServiceIds(_ message: TunnelMessage, _ actions: inout [DestinationAction]) {
+        var ids: [String] = []
+        for raw in message.availableServiceIds {
+            let id = String(decoding: raw, as: UTF8.self)
+            if !id.isEmpty && !ids.contains(id) { ids.append(id) }
+        }
+        tunnelServices = ids
+        // A single unnamed mapping serves a tunnel with a single service under that name.
+        if services.count == 1 && services[0].mapping.serviceId.isEmpty {
+            if ids.count == 1 {
+                services[0].mapping.serviceId = ids[0]
+                services[0].serviceIdBytes = Array(ids[0].utf8)
+                actions.append(.log(.info, "tunnel service \(ids[0]) -> \(services[0].mapping.endpoint)"))
+                return
+            }
+            if ids.isEmpty { return }
+            actions.append(.fatal(.serviceMismatch(missing: ids, tunnel: ids)))
+            return
+        }
+        if services.count == 1 && ids.isEmpty { return }
+        var missing: [String] = []
+        for id in ids where index(ofService: Array(id.utf8)) == nil { missing.append(id) }
+        if !missing.isEmpty {
+            actions.append(.fatal(.serviceMismatch(missing: missing, tunnel: ids)))
+            return
+        }
+        for (i, service) in services.enumerated() {
+            if ids.contains(service.mapping.serviceId) {
+                actions.append(.log(.info, "tunnel service \(service.mapping.serviceId) -> \(service.mapping.endpoint)"))
+            } else {
+                actions.append(.log(.warning, "service \(service.mapping.serviceId) is mapped locally but the tunnel does not offer it"))
+                if services[i].stream != nil { endStream(i, &actions) }
+            }
+        }
+    }
+
+    private func index(ofService id: [UInt8]) -> Int? {
+        for (i, s) in services.enumerated() where s.serviceIdBytes == id { return i }
+        return nil
+    }
+
+    /// Which local service a message is for. A message without serviceId (V1 format) goes to the
+    /// only service, or to the service whose V1 stream has this stream id.
+    private func resolveService(_ message: TunnelMessage) -> Int? {
+        if !message.serviceId.isEmpty {
+            if let i = index(ofService: message.serviceId) { return i }
+            // A single unnamed mapping (`-d 22`) serves whatever the tunnel's one service is
+            // called, even when a stream starts before SERVICE_IDS named it.
+            if services.count == 1 && services[0].serviceIdBytes.isEmpty && message.type == .streamStart {
+                services[0].mapping.serviceId = String(decoding: message.serviceId, as: UTF8.self)
+                services[0].serviceIdBytes = message.serviceId
+                return 0
+            }
+            return nil
+        }
+        if services.count == 1 { return 0 }
+        for (i, s) in services.enumerated() {
+            if let stream = s.stream, stream.format == .v1, stream.id == message.streamId { return i }
+        }
+        return nil
+    }
+
+    private func describe(_ message: TunnelMessage) -> String {
+        var text = "\(message.type) stream \(message.streamId)"
+        if !message.serviceId.isEmpty { text += " service \(String(decoding: message.serviceId, as: UTF8.self))" }
+        if message.connectionId != 0 { text += " connection \(message.connectionId)" }
+        return text
+    }
+
+    private func handleStreamStart(_ message: TunnelMessage, _ actions: inout [DestinationAction]) {
+        guard message.streamId != 0 else {
+            actions.append(.log(.warning, "ignoring \(describe(message)): stream id 0 is invalid"))
+            return
+        }
+        guard let index = resolveService(message) else {
+            let name = String(decoding: message.serviceId, as: UTF8.self)
+            actions.append(.log(.error, name.isEmpty
+                ? "\(describe(message)) names no service and several are mapped: resetting it (map a single service, or have the source send service ids)"
+                : "\(describe(message)) is for service \(name), which -d does not map: resetting it"))
+            actions.append(.send(TunnelMessage(type: .streamReset, streamId: message.streamId, serviceId: message.serviceId)))
+            return
+        }
+        if let current = services[index].stream {
+            if current.id == message.streamId {
+                actions.append(.log(.debug, "ignoring repeated \(describe(message))"))
+                return
+            }
+            // A newer stream replaces the old one: close the old stream's connections (their
+            // queued bytes are still written) and start the new stream right away.
+            actions.append(.log(.info, "\(describe(message)) replaces stream \(current.id)"))
+            endStream(index, &actions)
+        }
+        let format: MessageFormat = message.serviceId.isEmpty ? .v1 : (message.connectionId == 0 ? .v2 : .v3)
+        services[index].stream = Stream(id: message.streamId, format: format)
+        actions.append(.log(.info, "\(describe(message)): new \(format) stream to \(services[index].mapping.endpoint)"))
+        openConnection(service: index, connectionId: message.connectionId == 0 ? 1 : message.connectionId,
+                       startedStream: true, &actions)
+    }
+
+    private func handleConnectionStart(_ message: TunnelMessage, _ actions: inout [DestinationAction]) {
+        guard let index = resolveService(message), let stream = services[index].stream, stream.id == message.streamId else {
+            actions.append(.log(.warning, "ignoring \(describe(message)): no such active stream"))
+            return
+        }
+        let connectionId = message.connectionId == 0 ? 1 : message.connectionId
+        if stream.connections[connectionId] != nil {
+            actions.append(.log(.warning, "\(describe(message)) duplicates an open connection: resetting it"))
+            actions.append(.send(resetMessage(for: index, stream: stream, connectionId: connectionId, wholeStream: false)))
+            return
+        }
+        guard stream.connections.count < settings.maximumConnectionsPerStream else {
+            actions.append(.log(.warning, "\(describe(message)) refused: the stream already has \(settings.maximumConnectionsPerStream) connections"))
+            actions.append(.send(resetMessage(for: index, stream: stream, connectionId: connectionId, wholeStream: false)))
+            return
+        }
+        openConnection(service: index, connectionId: connectionId, startedStream: false, &actions)
+    }
+
+    private func openConnection(service index: Int, connectionId: UInt32, startedStream: Bool, _ actions: inout [DestinationAction]) {
+        guard var stream = services[index].stream else { return }
+        let id = LocalConnectionID(nextLocalId)
+        nextLocalId &+= 1
+        stream.connections[connectionId] = id
+        services[index].stream = stream
+        connections[id] = Connection(service: index, streamId: stream.id, connectionId: connectionId, format: stream.format,
+                                     attempts: 1, open: false, startedStream: startedStream)
+        actions.append(.connect(id, services[index].mapping.endpoint))
+    }
+
+    private func handleData(_ message: TunnelMessage, _ actions: inout [DestinationAction]) {
+        guard let index = resolveService(message), let stream = services[index].stream, stream.id == message.streamId else {
+            actions.append(.log(.trace, "dropping stale \(describe(message))"))
+            return
+        }
+        let connectionId = message.connectionId == 0 ? 1 : message.connectionId
+        guard let id = stream.connections[connectionId] else {
+            actions.append(.log(.debug, "dropping \(describe(message)): no such connection"))
+            return
+        }
+        if message.payload.count > 0 { actions.append(.deliver(id, message.payload)) }
+    }
+
+    private func handleStreamReset(_ message: TunnelMessage, _ actions: inout [DestinationAction]) {
+        guard let index = resolveService(message), let stream = services[index].stream, stream.id == message.streamId else {
+            actions.append(.log(.debug, "ignoring \(describe(message)): no such active stream"))
+            return
+        }
+        actions.append(.log(.info, "\(describe(message)): closing its \(stream.connections.count) local connection(s)"))
+        endStream(index, &actions)
+    }
+
+    private func handleConnectionReset(_ message: TunnelMessage, _ actions: inout [DestinationAction]) {
+        let connectionId = message.connectionId == 0 ? 1 : message.connectionId
+        guard let index = resolveService(message), var stream = services[index].stream, stream.id == message.streamId,
+              let id = stream.connections[connectionId] else {
+            // Resets for connections already closed are normal (both sides close at once).
+            actions.append(.log(.debug, "ignoring \(describe(message)): no such connection"))
+            return
+        }
+        stream.connections[connectionId] = nil
+        services[index].stream = stream
+        connections[id] = nil
+        actions.append(.log(.debug, "\(describe(message)): closing local connection \(id)"))
+        actions.append(.closeLocal(id))
+    }
+
+    /// Closes every connection of a service's stream and forgets the stream. Sends nothing: the
+    /// callers are resets and replacements that the peer already knows about.
+    private func endStream(_ index: Int, _ actions: inout [DestinationAction]) {
+        guard let stream = services[index].stream else { return }
+        for (_, id) in stream.connections {
+            connections[id] = nil
+            actions.append(.closeLocal(id))
+        }
+        services[index].stream = nil
+    }
+
+    /// CONNECTION_RESET for one connection, or STREAM_RESET for the whole stream, in the stream's
+    /// format (no serviceId in V1).
+    private func resetMessage(for index: Int, stream: Stream, connectionId: UInt32, wholeStream: Bool) -> TunnelMessage {
+        let serviceId = stream.format == .v1 ? [] : services[index].serviceIdBytes
+        if wholeStream {
+            return TunnelMessage(type: .streamReset, streamId: stream.id, serviceId: serviceId)
+        }
+        return TunnelMessage(type: .connectionReset, streamId: stream.id, serviceId: serviceId, connectionId: connectionId)
+    }
+
+    // MARK: Local connection events
+
+    public func connected(_ id: LocalConnectionID, into actions: inout [DestinationAction]) {
+        guard var c = connections[id] else {
+            // Closed while connecting (stream reset): the runtime closes the socket it just got.
+            actions.append(.closeLocal(id))
+            return
+        }
+        c.open = true
+        connections[id] = c
+        actions.append(.log(.debug, "local connection \(id) to \(services[c.service].mapping.endpoint) open"))
+    }
+
+    /// A connect attempt failed (`reason` is for the log).
+    public func connectFailed(_ id: LocalConnectionID, reason: String, into actions: inout [DestinationAction]) {
+        guard var c = connections[id] else { return }
+        let endpoint = services[c.service].mapping.endpoint
+        if c.attempts <= settings.connectRetries {
+            actions.append(.log(.warning, "connecting to \(endpoint) failed (\(reason)); retry \(c.attempts) of \(settings.connectRetries) in \(settings.connectRetryDelayMilliseconds) ms"))
+            c.attempts += 1
+            connections[id] = c
+            actions.append(.scheduleRetry(id, delayMilliseconds: settings.connectRetryDelayMilliseconds))
+            return
+        }
+        actions.append(.log(.error, "connecting to \(endpoint) failed (\(reason)) after \(c.attempts) attempts: resetting the tunnel connection"))
+        closeAndReset(id, c, connectFailed: true, &actions)
+    }
+
+    /// The retry delay for `id` has passed.
+    public func retryTimerFired(_ id: LocalConnectionID, into actions: inout [DestinationAction]) {
+        guard let c = connections[id], !c.open else { return }
+        actions.append(.connect(id, services[c.service].mapping.endpoint))
+    }
+
+    /// The local side ended (EOF or error) after the runtime forwarded every byte it had read.
+    public func localClosed(_ id: LocalConnectionID, into actions: inout [DestinationAction]) {
+        guard let c = connections[id] else { return }
+        actions.append(.log(.debug, "local connection \(id) closed"))
+        closeAndReset(id, c, connectFailed: false, &actions)
+    }
+
+    /// Forgets a connection and tells the peer: CONNECTION_RESET in V3 (the stream stays), or
+    /// STREAM_RESET in V1/V2 (the stream ends with its only connection). A V3 stream whose first
+    /// connection could not be made at all, and that has no other connection, is reset whole:
+    /// the stream never worked, and the source learns it the way V1/V2 sources would.
+    private func closeAndReset(_ id: LocalConnectionID, _ c: Connection, connectFailed: Bool, _ actions: inout [DestinationAction]) {
+        connections[id] = nil
+        actions.append(.closeLocal(id))
+        guard var stream = services[c.service].stream, stream.id == c.streamId else { return }
+        let wholeStream = c.format != .v3 || (connectFailed && c.startedStream && stream.connections.count <= 1)
+        let reset = resetMessage(for: c.service, stream: stream, connectionId: c.connectionId, wholeStream: wholeStream)
+        actions.append(.send(reset))
+        if reset.type == .streamReset {
+            for (_, other) in stream.connections where other != id {
+                connections[other] = nil
+                actions.append(.closeLocal(other))
+            }
+            services[c.service].stream = nil
+        } else {
+            stream.connections[c.connectionId] = nil
+            services[c.service].stream = stream
+        }
+    }
+
+    /// The fields of DATA messages carrying bytes read from `id`, or nil if the connection is no
+    /// longer part of a stream (its bytes are then not sent).
+    public func dataHeader(for id: LocalConnectionID) -> TunnelMessage? {
+        guard let c = connections[id] else { return nil }
+        let serviceId = c.format == .v1 ? [] : services[c.service].serviceIdBytes
+        return TunnelMessage(type: .data, streamId: c.streamId, serviceId: serviceId,
+                             connectionId: c.format == .v3 ? c.connectionId : 0)
+    }
+
+    /// Ends the session (WebSocket gone): every local connection is closed.
+    public func closeAll(into actions: inout [DestinationAction]) {
+        for index in services.indices { endStream(index, &actions) }
+        connections.removeAll()
+    }
+}
+
+private func list(_ items: [String]) -> String {
+    var out = ""
+    for (i, s) in items.enumerated() {
+        if i > 0 { out += ", " }
+        out += s
+    }
+    return out
+}

@@ -1,0 +1,9 @@
+import CLibUV
+import LocalProxy
+
+@main
+struct LocalProxyEntry {
+    static func main() {
+        exit(LocalProxyMain.run(arguments: SystemAccess.arguments()))
+    }
+}
