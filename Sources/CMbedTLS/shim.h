@@ -3,6 +3,8 @@
 #ifndef LOCALPROXY_CMBEDTLS_SHIM_H
 #define LOCALPROXY_CMBEDTLS_SHIM_H
 #include <stddef.h>
+#include <string.h>
+#include <arpa/inet.h>
 #include <mbedtls/version.h>
 #if MBEDTLS_VERSION_NUMBER < 0x03000000
 #include <mbedtls/config.h>
@@ -59,4 +61,40 @@ enum {
     LP_ERR_SSL_NEW_SESSION_TICKET = 1, /* never returned by 2.x (errors are negative) */
 #endif
 };
+/// An IP-literal endpoint, for matching the certificate's iPAddress subjectAltName entries
+/// (mbedTLS 2.28 matches only DNS names and the CN against the configured host name).
+typedef struct {
+    unsigned char address[16];
+    size_t length; /* 4 or 16; 0 when the host is a name */
+} lp_ip_match;
+
+/// Fills `match` if `host` is a numeric IPv4 or IPv6 address.
+static inline void lp_ip_match_init(lp_ip_match *match, const char *host) {
+    memset(match, 0, sizeof(*match));
+    if (inet_pton(AF_INET, host, match->address) == 1) { match->length = 4; return; }
+    if (inet_pton(AF_INET6, host, match->address) == 1) { match->length = 16; return; }
+}
+
+/// Verification callback: for the leaf certificate, a name mismatch is forgiven when the
+/// endpoint is an IP address listed in the certificate's iPAddress SANs. Every other check
+/// (chain, validity, usage) is left as mbedTLS decided.
+static inline int lp_verify_ip_san(void *context, mbedtls_x509_crt *crt, int depth, uint32_t *flags) {
+    const lp_ip_match *match = (const lp_ip_match *)context;
+    if (depth != 0 || match == NULL || match->length == 0) return 0;
+    if ((*flags & MBEDTLS_X509_BADCERT_CN_MISMATCH) == 0) return 0;
+    for (const mbedtls_x509_sequence *san = &crt->subject_alt_names; san != NULL; san = san->next) {
+        if (san->buf.p == NULL) continue;
+        if (san->buf.tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7) && san->buf.len == match->length &&
+            memcmp(san->buf.p, match->address, match->length) == 0) {
+            *flags &= ~(uint32_t)MBEDTLS_X509_BADCERT_CN_MISMATCH;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/// Installs `lp_verify_ip_san` on one session.
+static inline void lp_ssl_set_ip_verify(mbedtls_ssl_context *ssl, lp_ip_match *match) {
+    mbedtls_ssl_set_verify(ssl, lp_verify_ip_san, match);
+}
 #endif

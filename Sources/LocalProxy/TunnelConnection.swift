@@ -223,10 +223,18 @@ public final class TunnelConnection {
             }
         }
         if state == .upgrading || state == .open || state == .closing {
-            decrypt(tls)
-            if state == .closed { return }
-            process()
-            if state == .closed { return }
+            // Decrypt and parse until neither moves: parsing frees plaintext room, which lets
+            // more ciphertext be decrypted, which frees room for the socket. With the socket
+            // stopped (its ring full), no later read event would come to do it.
+            while true {
+                let before = tls.ciphertextIn.readableCount + plaintext.readableCount
+                decrypt(tls)
+                if state == .closed { return }
+                process()
+                if state == .closed { return }
+                let after = tls.ciphertextIn.readableCount + plaintext.readableCount
+                if after == before || after == 0 || (delegate?.tunnelReadingPaused ?? false) { break }
+            }
             if tls.receivedCloseNotify && plaintext.readableCount == 0 && pendingChunk.isEmpty {
                 fail(.failed("the service ended TLS without a WebSocket close frame"))
                 return

@@ -111,15 +111,20 @@ public final class TLSEngine {
     public let ciphertextIn: RingBuffer
     public let ciphertextOut: RingBuffer
     private let ssl: UnsafeMutablePointer<mbedtls_ssl_context>
+    /// The endpoint's address when it is an IP literal, for the certificate's IP SANs.
+    private let ipMatch: UnsafeMutablePointer<lp_ip_match>
     public private(set) var handshakeComplete = false
     public private(set) var receivedCloseNotify = false
 
     /// `serverName` is sent as SNI and, when verifying, checked against the certificate.
-    public init(configuration: TLSConfiguration, serverName: String?, bufferSize: Int = 64 * 1024) throws(TLSError) {
+    /// `outputSize` must hold the largest plaintext write plus per-record overhead: a whole
+    /// tunnel DATA frame (about 64.7 KB) goes in at once, so the default leaves room for three.
+    public init(configuration: TLSConfiguration, serverName: String?, inputSize: Int = 64 * 1024,
+                outputSize: Int = 256 * 1024) throws(TLSError) {
         self.configuration = configuration
         do {
-            ciphertextIn = try RingBuffer(minimumCapacity: bufferSize)
-            ciphertextOut = try RingBuffer(minimumCapacity: bufferSize)
+            ciphertextIn = try RingBuffer(minimumCapacity: inputSize)
+            ciphertextOut = try RingBuffer(minimumCapacity: outputSize)
         } catch {
             throw TLSError(-1, "allocating TLS buffers: \(error)")
         }
@@ -127,9 +132,13 @@ public final class TLSEngine {
         mbedtls_ssl_init(ssl)
         var status = mbedtls_ssl_setup(ssl, configuration.config)
         if status != 0 { throw TLSError(status, "creating the TLS session") }
+        ipMatch = .allocate(capacity: 1)
+        ipMatch.initialize(to: lp_ip_match())
         if let name = serverName {
             status = withCString(name) { mbedtls_ssl_set_hostname(ssl, $0) }
             if status != 0 { throw TLSError(status, "setting the TLS server name \(name)") }
+            withCString(name) { lp_ip_match_init(ipMatch, $0) }
+            if ipMatch.pointee.length != 0 { lp_ssl_set_ip_verify(ssl, ipMatch) }
         }
         mbedtls_ssl_set_bio(ssl, Unmanaged.passUnretained(self).toOpaque(), { context, data, length in
             let engine = Unmanaged<TLSEngine>.fromOpaque(context!).takeUnretainedValue()
@@ -143,6 +152,7 @@ public final class TLSEngine {
     deinit {
         mbedtls_ssl_free(ssl)
         ssl.deallocate()
+        ipMatch.deallocate()
     }
 
     private func send(_ data: UnsafePointer<UInt8>, _ length: Int) -> Int32 {

@@ -108,6 +108,28 @@ final class TLSEngineTests {
         #expect(error.description.contains("CN") || error.description.lowercased().contains("name"))
     }
 
+    @Test func ipEndpointMatchesTheCertificatesIPAddress() throws {
+        // mbedTLS 2.28 does not match iPAddress SANs itself; the engine's verify callback does.
+        let c = try client(trust: [certs.caCertificate], name: "127.0.0.1")
+        let s = try server()
+        try handshake(c, s)
+        #expect(c.handshakeComplete)
+    }
+
+    @Test func otherIPAddressIsRefused() throws {
+        let c = try client(trust: [certs.caCertificate], name: "127.0.0.2")
+        let s = try server()
+        let error = try #require(throws: TLSError.self) { try handshake(c, s) }
+        #expect(error.isCertificateVerificationFailure)
+    }
+
+    @Test func ipMatchDoesNotExcuseAnUntrustedChain() throws {
+        let c = try client(trust: [certs.otherCA], name: "127.0.0.1")
+        let s = try server()
+        let error = try #require(throws: TLSError.self) { try handshake(c, s) }
+        #expect(error.isCertificateVerificationFailure)
+    }
+
     @Test func noVerificationAcceptsAnyCertificate() throws {
         let c = try client(trust: [certs.otherCA], verify: false)
         let s = try server()
