@@ -52,17 +52,22 @@ $(VENV)/.installed: $(PEERS)/requirements.txt
 build: deps-apt
 	$(SWIFT) build
 
+BIN_PATH = $$($(SWIFT) build --show-bin-path)
+PEER_ENV = WIRE_PROBE=$(BIN_PATH)/wire-probe LOCALPROXY=$(BIN_PATH)/localproxy
+
 test: deps
 	$(SWIFT) build --product wire-probe
+	$(SWIFT) build --product localproxy
 	$(SWIFT) test
-	WIRE_PROBE=$$($(SWIFT) build --show-bin-path)/wire-probe $(VENV)/bin/pytest -q $(PEERS)
+	$(PEER_ENV) $(VENV)/bin/pytest -q $(PEERS)
 
 test-swift: deps-apt
 	$(SWIFT) test
 
 test-peers: deps
 	$(SWIFT) build --product wire-probe
-	WIRE_PROBE=$$($(SWIFT) build --show-bin-path)/wire-probe $(VENV)/bin/pytest -q $(PEERS)
+	$(SWIFT) build --product localproxy
+	$(PEER_ENV) $(VENV)/bin/pytest -q $(PEERS)
 
 # Every module the device binary links, compiled in Embedded Swift, so that the Embedded subset
 # (typed throws, no existentials of non-class protocols, no reflection...) is enforced on each commit.
