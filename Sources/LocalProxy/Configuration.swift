@@ -9,11 +9,17 @@ public struct Configuration {
     public var accessToken = ""
     /// Where the access token came from, for the log ("command line", "environment", a file).
     public var accessTokenSource = ""
+    /// `--access-token-file`, re-read when the service ends a session (token rotation).
+    public var accessTokenFile: String? = nil
+    /// How long to wait for a new token in that file before exiting.
+    public var tokenWaitMilliseconds = 30_000
+    /// Source mode: how long a half-closed local connection waits for tunnel data.
+    public var halfCloseLingerMilliseconds = 10_000
     public var clientToken: String? = nil
     public var destinationMappings: [ServiceMapping] = []
     /// `--config-dir`: consulted for service mappings when `-d` gives none.
     public var configDirectory: String? = nil
-    public var sourceMappings: [(serviceId: String, port: UInt16)] = []
+    public var sourceMappings: [SourceSession.Mapping] = []
     public var bindAddress: String? = nil
     public var trustPaths: [String] = []
     public var verifyCertificates = true
@@ -76,6 +82,8 @@ public enum ConfigurationParser {
         OptionSpec(short: nil, long: "ping-interval-ms", takesValue: true),
         OptionSpec(short: nil, long: "reconnect-delay-max-ms", takesValue: true),
         OptionSpec(short: nil, long: "max-payload", takesValue: true),
+        OptionSpec(short: nil, long: "token-wait-ms", takesValue: true),
+        OptionSpec(short: nil, long: "half-close-linger-ms", takesValue: true),
     ]
 
     static func spec(long: String) -> OptionSpec? {
@@ -112,7 +120,8 @@ public enum ConfigurationParser {
                 if spec == nil { throw ConfigurationError("unknown option -\(letter) (see --help)") }
                 if arg.count > 2 { inline = String(arg.dropFirst(2)) }
             } else {
-                throw ConfigurationError("unexpected argument '\(arg)': options start with - or -- (see --help)")
+                // Not echoed: a stray argument is often a token whose option was forgotten.
+                throw ConfigurationError("unexpected argument number \(i) (\(arg.utf8.count) characters): options start with - or --; did an option before it lose its name? (see --help)")
             }
             let option = spec!
             if option.takesValue {
@@ -135,9 +144,9 @@ public enum ConfigurationParser {
     static func parseConfigFile(_ text: String, path: String) throws(ConfigurationError) -> [(String, String)] {
         var out: [(String, String)] = []
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        for rawLine in lines(of: text) {
             lineNumber += 1
-            let line = trim(String(rawLine))
+            let line = trim(rawLine)
             if line.isEmpty || line.hasPrefix("#") { continue }
             guard let eq = line.firstIndex(of: "=") else {
                 throw ConfigurationError("\(path) line \(lineNumber): expected 'option = value'")
@@ -147,9 +156,15 @@ public enum ConfigurationParser {
             guard let spec = spec(long: name), spec.long != "config" else {
                 throw ConfigurationError("\(path) line \(lineNumber): unknown option '\(name)'")
             }
-            out.append((spec.long, spec.takesValue ? value : ""))
-            if !spec.takesValue && !(value.isEmpty || value == "true" || value == "1") {
-                out.removeLast()
+            if spec.takesValue {
+                out.append((spec.long, value))
+                continue
+            }
+            switch lowercased(value) {
+            case "", "true", "1", "yes", "on": out.append((spec.long, ""))
+            case "false", "0", "no", "off": continue
+            default:
+                throw ConfigurationError("\(path) line \(lineNumber): '\(name)' takes true or false, not '\(value)'")
             }
         }
         return out
@@ -235,8 +250,12 @@ public enum ConfigurationParser {
         // Access token: -t, then --access-token-file, then the environment.
         if let t = last("access-token") {
             c.accessToken = t
-            c.accessTokenSource = "the command line"
-            c.warnings.append("the access token was given on the command line, where other users can see it in the process list: prefer AWSIOT_TUNNEL_ACCESS_TOKEN or --access-token-file")
+            if commandLine.contains(where: { $0.0 == "access-token" }) {
+                c.accessTokenSource = "the command line"
+                c.warnings.append("the access token was given on the command line, where other users can see it in the process list: prefer AWSIOT_TUNNEL_ACCESS_TOKEN or --access-token-file")
+            } else {
+                c.accessTokenSource = commandLine.last(where: { $0.0 == "config" })?.1 ?? "the --config file"
+            }
         } else if let file = last("access-token-file") {
             guard let mode = permissions(file) else {
                 throw ConfigurationError("cannot read --access-token-file \(file): no such file or no permission")
@@ -246,6 +265,7 @@ public enum ConfigurationParser {
             }
             c.accessToken = trim(try readFile(file))
             c.accessTokenSource = file
+            c.accessTokenFile = file
         } else if let t = environment("AWSIOT_TUNNEL_ACCESS_TOKEN") {
             c.accessToken = t
             c.accessTokenSource = "AWSIOT_TUNNEL_ACCESS_TOKEN"
@@ -277,7 +297,7 @@ public enum ConfigurationParser {
             case "V1", "v1": c.destinationClientType = .v1
             case "V2", "v2": c.destinationClientType = .v2
             case "V3", "v3": c.destinationClientType = .v3
-            default: throw ConfigurationError("--destination-client-type must be V1 or V2, got '\(t)'")
+            default: throw ConfigurationError("--destination-client-type must be V1, V2 or V3, got '\(t)'")
             }
         }
 
@@ -286,6 +306,8 @@ public enum ConfigurationParser {
         c.pingIntervalMilliseconds = try intOption(last("ping-interval-ms"), "ping-interval-ms", 100...3_600_000, c.pingIntervalMilliseconds)
         c.reconnectDelayMaximumMilliseconds = try intOption(last("reconnect-delay-max-ms"), "reconnect-delay-max-ms", 1...3_600_000, c.reconnectDelayMaximumMilliseconds)
         c.maximumPayload = try intOption(last("max-payload"), "max-payload", 1...TunnelMessage.maximumPayloadLength, c.maximumPayload)
+        c.tokenWaitMilliseconds = try intOption(last("token-wait-ms"), "token-wait-ms", 0...86_400_000, c.tokenWaitMilliseconds)
+        c.halfCloseLingerMilliseconds = try intOption(last("half-close-linger-ms"), "half-close-linger-ms", 0...3_600_000, c.halfCloseLingerMilliseconds)
 
         switch c.mode {
         case .destination:
@@ -298,8 +320,12 @@ public enum ConfigurationParser {
                 throw ConfigurationError("destination mode needs -d/--destination-app, e.g. -d 22 or -d SSH=22,HTTP=localhost:80")
             }
         case .source:
-            if let s = last("source-listen-port") {
-                c.sourceMappings = try parseSourceMappings(s)
+            guard let s = last("source-listen-port") else {
+                throw ConfigurationError("source mode needs -s/--source-listen-port, e.g. -s 5555 or -s SSH=5555,HTTP=8080")
+            }
+            c.sourceMappings = try parseSourceMappings(s)
+            if c.destinationClientType != nil && c.sourceMappings.count > 1 && c.destinationClientType == .v1 {
+                throw ConfigurationError("-y V1 destinations serve a single service: give one -s entry")
             }
         }
         return .run(c)
@@ -344,6 +370,7 @@ public enum ConfigurationParser {
         if value.hasPrefix("[") {
             guard let close = value.firstIndex(of: "]") else { throw ConfigurationError("\(what) '\(value)': missing ']' after an IPv6 address") }
             let host = String(value[value.index(after: value.startIndex)..<close])
+            guard !host.isEmpty else { throw ConfigurationError("\(what) '\(value)': no address between the brackets") }
             let rest = value[value.index(after: close)...]
             if rest.isEmpty { return (host, nil) }
             guard rest.hasPrefix(":"), let port = parsePort(String(rest.dropFirst())) else {
@@ -396,9 +423,9 @@ public enum ConfigurationParser {
         return .tcp(host: host, port: port)
     }
 
-    static func parseSourceMappings(_ text: String) throws(ConfigurationError) -> [(serviceId: String, port: UInt16)] {
+    static func parseSourceMappings(_ text: String) throws(ConfigurationError) -> [SourceSession.Mapping] {
         let items = text.split(separator: ",").map { trim(String($0)) }.filter { !$0.isEmpty }
-        var out: [(serviceId: String, port: UInt16)] = []
+        var out: [SourceSession.Mapping] = []
         for item in items {
             if let eq = item.firstIndex(of: "=") {
                 let service = trim(String(item[..<eq]))
@@ -407,12 +434,13 @@ public enum ConfigurationParser {
                 guard let port = portText.isEmpty ? 0 : parsePort(portText) else {
                     throw ConfigurationError("-s entry '\(item)': the port must be 1 to 65535")
                 }
-                out.append((service, port))
+                if out.contains(where: { $0.serviceId == service }) { throw ConfigurationError("-s maps service \(service) twice") }
+                out.append(SourceSession.Mapping(serviceId: service, port: port))
             } else {
                 guard items.count == 1, let port = parsePort(item) else {
                     throw ConfigurationError("-s entry '\(item)': use PORT alone, or SVC=PORT for each service")
                 }
-                out.append(("", port))
+                out.append(SourceSession.Mapping(serviceId: "", port: port))
             }
         }
         return out
@@ -425,8 +453,8 @@ public enum ConfigurationParser {
         var out: [ServiceMapping] = []
         for file in SystemAccess.files(under: directory) {
             let text = try readFile(file)
-            for line in text.split(separator: "\n") {
-                let l = trim(String(line))
+            for line in lines(of: text) {
+                let l = trim(line)
                 if l.isEmpty || l.hasPrefix("#") || l.hasPrefix("[") { continue }
                 guard let eq = l.firstIndex(of: "=") else { continue }
                 let service = trim(String(l[..<eq]))
@@ -459,6 +487,12 @@ public enum ConfigurationParser {
 }
 
 // MARK: Text helpers (no Foundation)
+
+/// Lines of `text`, split on LF bytes (a `Character` split would treat CR LF as one character
+/// and never split Windows-edited files); the CR stays, for `trim` to remove.
+func lines(of text: String) -> [String] {
+    Array(text.utf8).split(separator: 0x0A, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+}
 
 func trim(_ s: String) -> String {
     var bytes = Array(s.utf8)

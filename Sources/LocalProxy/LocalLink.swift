@@ -115,6 +115,19 @@ final class LocalLink {
         flushToLocal()
     }
 
+    /// Takes over a connection accepted from a local client (source mode).
+    func adopt(_ s: Stream) {
+        guard state == .idle else {
+            s.close()
+            return
+        }
+        stream = s
+        state = .open
+        s.setNoDelay()
+        startReading()
+        flushToLocal()
+    }
+
     func scheduleRetry(after milliseconds: Int) {
         guard state == .connecting else { return }
         let t = retryTimer ?? Timer(loop: loop)

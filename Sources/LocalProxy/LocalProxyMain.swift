@@ -60,8 +60,10 @@ public enum LocalProxyMain {
             _ = loop.close()
             return code
         case .source:
-            logger.fatal("source mode is not available in this version yet: run the device side with -d")
-            return ExitCode.configuration
+            let runtime = SourceRuntime(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
+            let code = runtime.run()
+            _ = loop.close()
+            return code
         }
     }
 
@@ -86,8 +88,10 @@ public enum LocalProxyMain {
       -d, --destination-app MAP       destination mode: where tunnel services go. MAP is one
                                       ENDPOINT, or SVC=ENDPOINT,... ; ENDPOINT is PORT, HOST:PORT,
                                       [IPv6]:PORT or a Unix socket path
-      -s, --source-listen-port MAP    source mode (not available yet)
-      -b, --local-bind-address ADDR   destination: default host for -d ports (127.0.0.1)
+      -s, --source-listen-port MAP    source mode: local ports per service. MAP is PORT, or
+                                      SVC=PORT,... (SVC= alone: any free port, logged)
+      -b, --local-bind-address ADDR   source: listen address (127.0.0.1); destination: default
+                                      host for -d ports (127.0.0.1)
       -c, --capath PATH[,PATH]        trusted CA certificates: PEM files or directories
                                       (default: /etc/ssl/certs/ca-certificates.crt)
       -k, --no-ssl-host-verify        do not verify the service's certificate (testing only)
@@ -103,6 +107,11 @@ public enum LocalProxyMain {
           --ping-interval-ms N        WebSocket ping interval (20000)
           --reconnect-delay-max-ms N  cap of the reconnect backoff (120000)
           --max-payload N             largest DATA payload to send (64512)
+          --token-wait-ms N           with --access-token-file: after the service ends the
+                                      session (e.g. token rotated), wait this long for a new
+                                      token in the file and reconnect with it (30000; 0: exit)
+          --half-close-linger-ms N    source: how long a half-closed local connection waits
+                                      for the destination's answer (10000)
 
     Environment: AWSIOT_TUNNEL_ACCESS_TOKEN, AWSIOT_TUNNEL_CLIENT_TOKEN, AWSIOT_TUNNEL_ENDPOINT,
     AWSIOT_TUNNEL_REGION (the command line takes precedence).

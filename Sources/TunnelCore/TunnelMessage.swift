@@ -27,7 +27,7 @@ public struct MessageType: RawRepresentable, Equatable, Hashable, Sendable, Cust
 
     public var description: String {
         switch rawValue {
-        case 0: return "UNKNOWN"
+        case 0: return "UNKNOWN (type 0)"
         case 1: return "DATA"
         case 2: return "STREAM_START"
         case 3: return "STREAM_RESET"

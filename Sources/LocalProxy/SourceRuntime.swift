@@ -1,0 +1,167 @@
+import TunnelCore
+import TunnelIO
+import TunnelTLS
+
+/// The laptop side: listens on a local port per tunnel service and turns each accepted
+/// connection into a stream or connection of the tunnel, through a `SourceSession`.
+///
+/// Listeners are opened after the first SERVICE_IDS and kept for the life of the process, so a
+/// port chosen by the system (`SVC=` without a port) stays the same across reconnects; while the
+/// tunnel is down, new local connections are closed at once.
+///
+/// Local half-close: the protocol cannot say "no more data from this side". When a local client
+/// ends its sending direction, the bytes it sent go out, then the connection stays open for the
+/// destination's answer; the reset is sent when the destination resets it, or when no tunnel data
+/// arrived for `--half-close-linger-ms`. Answers in flight are therefore not lost to an early reset.
+public final class SourceRuntime: TunnelRuntime {
+    private var session: SourceSession? = nil
+    private var nextLocalId: UInt32 = 1
+    private var nextStreamId: Int32 = 1
+    private var listeners: [String: Listener] = [:]
+    /// Service index in the current session for each listener's service id.
+    private var serviceIndex: [String: Int] = [:]
+    private var lingering: [LocalConnectionID: Timer] = [:]
+    private var actionBuffer: [SourceAction] = []
+    private var actionDepth = 0
+
+    public override init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
+        super.init(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
+    }
+
+    override func sessionOpened() {
+        var settings = SourceSessionSettings()
+        settings.destinationFormat = configuration.destinationClientType ?? .v3
+        let mappings = configuration.sourceMappings.map { SourceSession.Mapping(serviceId: $0.serviceId, port: $0.port) }
+        session = SourceSession(mappings: mappings, settings: settings, firstStreamId: nextStreamId, firstLocalId: nextLocalId)
+        serviceIndex = [:]
+    }
+
+    override func sessionMessage(_ message: TunnelMessage) {
+        guard let session else { return }
+        perform { session.handle(message, into: &$0) }
+    }
+
+    override func sessionEnded() {
+        guard let s = session else { return }
+        session = nil
+        nextLocalId = s.nextLocalConnectionId
+        nextStreamId = s.nextStreamId
+        serviceIndex = [:]
+        perform { s.closeAll(into: &$0) }
+    }
+
+    override func releaseHandles() {
+        for (_, l) in listeners { l.close() }
+        listeners.removeAll()
+        for (_, t) in lingering { t.close() }
+        lingering.removeAll()
+    }
+
+    private func perform(_ body: (inout [SourceAction]) -> Void) {
+        var actions: [SourceAction] = actionDepth == 0 ? actionBuffer : []
+        if actionDepth == 0 { actionBuffer = [] }
+        actionDepth += 1
+        body(&actions)
+        for action in actions { execute(action) }
+        actionDepth -= 1
+        if actionDepth == 0 {
+            actions.removeAll(keepingCapacity: true)
+            actionBuffer = actions
+        }
+    }
+
+    private func execute(_ action: SourceAction) {
+        switch action {
+        case .listen(let index, let serviceId, let port):
+            serviceIndex[serviceId] = index
+            if listeners[serviceId] == nil { listen(serviceId: serviceId, port: port) }
+        case .deliver(let id, let payload):
+            links[id]?.enqueue(payload)
+            if let t = lingering[id] { restartLinger(t, id) }
+        case .closeLocal(let id):
+            lingering[id]?.close()
+            lingering[id] = nil
+            links[id]?.closeAfterFlush()
+        case .send(let message):
+            tunnel?.send(message)
+        case .log(let level, let text):
+            logger.log(level, text)
+        case .reconnect(let reason):
+            tunnel?.abort("\(reason)")
+        case .fatal(let reason):
+            logger.fatal("\(reason)")
+            finish(ExitCode.configuration)
+        }
+    }
+
+    private func listen(serviceId: String, port: UInt16) {
+        let host = configuration.bindAddress ?? "127.0.0.1"
+        guard let address = SocketAddress(ip: host == "localhost" ? "127.0.0.1" : host, port: port) else {
+            logger.fatal("-b/--local-bind-address '\(host)' must be an IP address (or localhost)")
+            finish(ExitCode.configuration)
+            return
+        }
+        let listener = Listener(loop: loop)
+        do {
+            try listener.listen(on: address) { [self] stream in accept(stream, serviceId: serviceId) }
+        } catch {
+            listener.close()
+            logger.fatal("cannot listen for \(serviceId.isEmpty ? "the tunnel" : serviceId) on \(address): \(error). Is another program using the port? Choose another with -s")
+            finish(ExitCode.configuration)
+            return
+        }
+        listeners[serviceId] = listener
+        let actual = listener.localAddress.map { "\($0)" } ?? "\(address)"
+        logger.info("listening for \(serviceId.isEmpty ? "the tunnel" : "service \(serviceId)") on \(actual)")
+    }
+
+    private func accept(_ stream: Stream, serviceId: String) {
+        guard let s = session, let index = serviceIndex[serviceId], tunnel != nil else {
+            logger.warning("closing a local connection for \(serviceId.isEmpty ? "the tunnel" : serviceId): the tunnel is not connected")
+            stream.close()
+            return
+        }
+        var actions: [SourceAction] = []
+        let accepted = s.accepted(service: index, into: &actions)
+        guard let id = accepted, let link = makeLink(id) else {
+            stream.close()
+            perform { $0 = actions }
+            if let id = accepted { perform { s.localClosed(id, into: &$0) } }
+            return
+        }
+        logger.debug("local connection \(id) accepted for \(serviceId.isEmpty ? "the tunnel" : serviceId)")
+        // The STREAM_START/CONNECTION_START goes out before the link reads anything.
+        perform { $0 = actions }
+        link.adopt(stream)
+    }
+
+    private func restartLinger(_ timer: Timer, _ id: LocalConnectionID) {
+        timer.start(after: UInt64(configuration.halfCloseLingerMilliseconds)) { [self] in
+            lingering[id]?.close()
+            lingering[id] = nil
+            guard let s = session else { return }
+            logger.debug("local connection \(id): no answer for \(configuration.halfCloseLingerMilliseconds) ms after its half-close: closing")
+            perform { s.localClosed(id, into: &$0) }
+        }
+    }
+
+    override func linkEnded(_ link: LocalLink) {
+        guard session != nil, lingering[link.id] == nil else {
+            if session == nil { link.closeAfterFlush() }
+            return
+        }
+        let timer = Timer(loop: loop)
+        lingering[link.id] = timer
+        restartLinger(timer, link.id)
+    }
+
+    override func linkClosed(_ link: LocalLink) {
+        lingering[link.id]?.close()
+        lingering[link.id] = nil
+        super.linkClosed(link)
+    }
+
+    override func dataHeader(for link: LocalLink) -> TunnelMessage? {
+        session?.dataHeader(for: link.id)
+    }
+}

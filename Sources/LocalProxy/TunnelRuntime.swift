@@ -1,0 +1,278 @@
+import CLibUV
+import TunnelCore
+import TunnelIO
+import TunnelTLS
+
+/// Process exit codes (documented in the README).
+public enum ExitCode {
+    /// Stopped by a signal, or the service closed the tunnel.
+    public static let normal: Int32 = 0
+    /// Bad command line or configuration, or a configuration that cannot serve this tunnel.
+    public static let configuration: Int32 = 1
+    /// The service refused the access token (4xx): a new token is needed.
+    public static let rejected: Int32 = 2
+    /// The service's TLS certificate did not verify.
+    public static let certificate: Int32 = 3
+}
+
+/// What both modes share: one tunnel connection kept up (reconnecting with backoff and the same
+/// tokens), local links with their flow control, signals and the exit code. Subclasses add the
+/// session: `DestinationRuntime` and `SourceRuntime`.
+public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
+    let configuration: Configuration
+    let logger: Logger
+    let loop: EventLoop
+    let random: SecureRandom
+    let tlsConfiguration: TLSConfiguration
+    private(set) var accessToken: String
+    private(set) var clientToken: String
+
+    public private(set) var tunnel: TunnelConnection? = nil
+    var links: [LocalConnectionID: LocalLink] = [:]
+    private var waitingForTunnel: [LocalLink] = []
+    private var congestedLinks = 0
+    private var reconnectAttempt = 0
+    private var sawServiceIds = false
+    private(set) var stopping = false
+    private var exitCode: Int32? = nil
+    private let reconnectTimer: Timer
+    private var tokenWait: Timer? = nil
+    private var signalWatchers: [SignalWatcher] = []
+
+    init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
+        self.configuration = configuration
+        self.logger = logger
+        self.loop = loop
+        self.random = random
+        self.tlsConfiguration = tls
+        accessToken = configuration.accessToken
+        clientToken = configuration.clientToken ?? random.uuid()
+        reconnectTimer = Timer(loop: loop)
+    }
+
+    /// Runs until the tunnel ends or a signal stops it; returns the process exit code.
+    public func run() -> Int32 {
+        for number in [SIGINT, SIGTERM] {
+            do {
+                signalWatchers.append(try SignalWatcher(loop: loop, signal: number) { [self] n in stop(signal: n) })
+            } catch {
+                logger.warning("cannot watch signal \(number): \(error)")
+            }
+        }
+        logger.info("access token from \(configuration.accessTokenSource) (fingerprint \(fingerprint(accessToken))); client token \(configuration.clientToken == nil ? "generated" : "given") (fingerprint \(fingerprint(clientToken)))")
+        connect()
+        loop.run()
+        return exitCode ?? ExitCode.normal
+    }
+
+    // MARK: Hooks for the modes
+
+    /// A WebSocket session began: create the session state.
+    func sessionOpened() {}
+    /// A tunnel message arrived for the session.
+    func sessionMessage(_ message: TunnelMessage) {}
+    /// The WebSocket session ended (or the process stops): close local connections.
+    func sessionEnded() {}
+    /// The process stops: release mode-specific handles (listeners).
+    func releaseHandles() {}
+
+    // MARK: Tunnel lifecycle
+
+    private func connect() {
+        guard !stopping else { return }
+        let endpoint = TunnelEndpoint(host: configuration.endpointHost, port: configuration.endpointPort, mode: configuration.mode,
+                                      accessToken: accessToken, clientToken: clientToken)
+        do {
+            let connection = try TunnelConnection(loop: loop, endpoint: endpoint, tls: tlsConfiguration, random: random,
+                                                  logger: logger, pingIntervalMilliseconds: configuration.pingIntervalMilliseconds)
+            connection.delegate = self
+            tunnel = connection
+            logger.info("connecting to \(configuration.endpointHost):\(configuration.endpointPort)")
+            connection.start()
+        } catch {
+            logger.error("\(error)")
+            scheduleReconnect()
+        }
+    }
+
+    public func tunnelOpened(subprotocol: String, channelId: String?) {
+        logger.info("connected to wss://\(configuration.endpointHost):\(configuration.endpointPort) (subprotocol \(subprotocol), channel-id \(channelId ?? "none"))")
+        sawServiceIds = false
+        sessionOpened()
+    }
+
+    public func tunnelMessage(_ message: TunnelMessage) {
+        if message.type == .serviceIds && !sawServiceIds {
+            sawServiceIds = true
+            // A session that got this far worked: the next failure starts the backoff afresh.
+            reconnectAttempt = 0
+        }
+        if logger.enabled(.trace) {
+            logger.trace("tunnel message \(message.type) stream \(message.streamId) connection \(message.connectionId) payload \(message.payload.count) bytes")
+        }
+        sessionMessage(message)
+    }
+
+    public var tunnelReadingPaused: Bool { congestedLinks > 0 }
+
+    public func tunnelWritable() {
+        // Frames waiting for room go in arrival order; stop at the first that does not fit.
+        while let link = waitingForTunnel.first {
+            waitingForTunnel.removeFirst()
+            link.sendPendingFrame()
+            if link.hasPendingFrame { return }
+        }
+    }
+
+    public func tunnelClosed(_ reason: TunnelCloseReason) {
+        tunnel = nil
+        waitingForTunnel.removeAll()
+        sessionEnded()
+        if stopping {
+            finish(ExitCode.normal)
+            return
+        }
+        switch reason {
+        case .closedByService(let code, let text):
+            let what = "the service closed the tunnel connection (code \(code.map { String($0) } ?? "none")\(text.isEmpty ? "" : ", \(text)"))"
+            if waitForNewToken(what, rejected: false) { return }
+            logger.info("tunnel closed by the service (code \(code.map { String($0) } ?? "none")\(text.isEmpty ? "" : ", \(text)")): exiting")
+            finish(ExitCode.normal)
+        case .rejected(let status, let phrase, let body) where status >= 400 && status < 500:
+            let what = "the service rejected the connection: \(status) \(phrase)\(body.isEmpty ? "" : ": \(body)")"
+            if waitForNewToken(what, rejected: true) { return }
+            logger.error("\(what). The access token cannot be used again: open a new tunnel or rotate the token (aws iotsecuretunneling rotate-tunnel-access-token)")
+            finish(ExitCode.rejected)
+        case .rejected(let status, let phrase, let body):
+            logger.warning("the service rejected the connection: \(status) \(phrase)\(body.isEmpty ? "" : ": \(body)")")
+            scheduleReconnect()
+        case .certificate(let error):
+            logger.error("the service's TLS certificate was not accepted: \(error). Check -c/--capath and the endpoint name, or the system clock")
+            finish(ExitCode.certificate)
+        case .failed(let why):
+            logger.warning("tunnel connection ended: \(why)")
+            scheduleReconnect()
+        case .stopped:
+            finish(ExitCode.normal)
+        }
+    }
+
+    /// With `--access-token-file`, a session the service ended (token rotated, or refused) is
+    /// not the end: a token agent may write a new token to the file. Waits up to
+    /// `--token-wait-ms` for a different token, then reconnects with it and a new client token.
+    /// Returns false when there is nothing to wait for.
+    private func waitForNewToken(_ what: String, rejected: Bool) -> Bool {
+        guard let file = configuration.accessTokenFile, configuration.tokenWaitMilliseconds > 0 else { return false }
+        logger.warning("\(what); waiting up to \(configuration.tokenWaitMilliseconds / 1000) s for a new token in \(file)")
+        let deadline = loop.now + UInt64(configuration.tokenWaitMilliseconds)
+        let timer = Timer(loop: loop)
+        tokenWait = timer
+        timer.start(after: 200, repeat: 500) { [self] in
+            if let token = readTokenFile(file), token != accessToken {
+                timer.close()
+                tokenWait = nil
+                accessToken = token
+                clientToken = configuration.clientToken ?? random.uuid()
+                reconnectAttempt = 0
+                logger.info("new access token in \(file) (fingerprint \(fingerprint(token))): reconnecting")
+                connect()
+            } else if loop.now >= deadline {
+                timer.close()
+                tokenWait = nil
+                logger.info("no new access token in \(file): exiting")
+                finish(rejected ? ExitCode.rejected : ExitCode.normal)
+            }
+        }
+        return true
+    }
+
+    private func readTokenFile(_ file: String) -> String? {
+        guard let mode = SystemAccess.permissions(file), mode & 0o077 == 0,
+              let data = try? SystemAccess.readFile(file, limit: 8192) else { return nil }
+        let token = trim(String(decoding: data, as: UTF8.self))
+        return token.isEmpty ? nil : token
+    }
+
+    /// Full-jitter exponential backoff: a random delay up to 1 s, 2 s, 4 s … capped.
+    private func scheduleReconnect() {
+        guard !stopping, exitCode == nil else { return }
+        let exponent = min(reconnectAttempt, 20)
+        let ceiling = min(configuration.reconnectDelayMaximumMilliseconds, 1000 << exponent)
+        let delay = Int(random.uint32() % UInt32(ceiling + 1))
+        reconnectAttempt += 1
+        logger.warning("reconnecting in \(delay) ms (attempt \(reconnectAttempt), same access token and client token)")
+        reconnectTimer.start(after: UInt64(delay)) { [self] in connect() }
+    }
+
+    private func stop(signal number: Int32) {
+        guard !stopping else { return }
+        stopping = true
+        logger.info("stopping on signal \(number): closing local connections and the tunnel")
+        sessionEnded()
+        if let t = tunnel {
+            t.stop()
+        } else {
+            finish(ExitCode.normal)
+        }
+    }
+
+    /// Records the exit code and closes every handle so that the loop ends.
+    func finish(_ code: Int32) {
+        if exitCode == nil { exitCode = code }
+        stopping = true
+        reconnectTimer.close()
+        tokenWait?.close()
+        tokenWait = nil
+        for w in signalWatchers { w.close() }
+        signalWatchers.removeAll()
+        tunnel?.abort("stopping")
+        releaseHandles()
+        for (_, link) in links { link.closeAfterFlush() }
+    }
+
+    // MARK: Local links
+
+    func linkConnected(_ link: LocalLink) {}
+    func linkConnectFailed(_ link: LocalLink, reason: String) { link.closeAfterFlush() }
+    func linkRetryDue(_ link: LocalLink) {}
+    func linkEnded(_ link: LocalLink) { link.closeAfterFlush() }
+    func dataHeader(for link: LocalLink) -> TunnelMessage? { nil }
+
+    func linkClosed(_ link: LocalLink) {
+        links[link.id] = nil
+        waitingForTunnel.removeAll { $0 === link }
+    }
+
+    func linkCongestion(_ link: LocalLink, congested: Bool) {
+        congestedLinks += congested ? 1 : -1
+        if congestedLinks == 0 { tunnel?.resumeReading() }
+    }
+
+    func linkWaitsForTunnel(_ link: LocalLink) {
+        if !waitingForTunnel.contains(where: { $0 === link }) { waitingForTunnel.append(link) }
+    }
+
+    /// A new link for `id`, registered; nil (logged) if its buffers cannot be allocated.
+    func makeLink(_ id: LocalConnectionID) -> LocalLink? {
+        do {
+            let link = try LocalLink(id: id, owner: self, loop: loop, logger: logger, maximumPayload: configuration.maximumPayload)
+            links[id] = link
+            return link
+        } catch {
+            logger.error("cannot allocate buffers for a local connection: \(error)")
+            return nil
+        }
+    }
+}
+
+/// A short, non-reversible tag of a secret for logs: the first 8 hex digits of its SHA-1.
+public func fingerprint(_ secret: String) -> String {
+    let digest = HandshakeCrypto.sha1(Array(secret.utf8))
+    let digits: [UInt8] = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    for b in digest.prefix(4) {
+        out.append(digits[Int(b >> 4)])
+        out.append(digits[Int(b & 0xF)])
+    }
+    return "sha1:" + String(decoding: out, as: UTF8.self)
+}
