@@ -104,7 +104,7 @@ final class LocalLink {
         if let error {
             s.close()
             stream = nil
-            owner?.linkConnectFailed(self, reason: error.name == "" ? "\(error)" : "\(error.name), \(error)")
+            owner?.linkConnectFailed(self, reason: "\(error)")
             return
         }
         state = .open
@@ -229,6 +229,9 @@ final class LocalLink {
         key.apply(to: UnsafeMutableRawBufferPointer(start: messageStart, count: messageLength))
         toTunnel.commit(r, headerLength: webSocketHead + tunnelHead, payloadLength: n, trailerLength: header.tailLength)
         pendingFrame = webSocketHead + messageLength
+        if logger.enabled(.trace) {
+            logger.trace("sending DATA stream \(header.streamId) connection \(header.connectionId) payload \(n) bytes from local connection \(id)")
+        }
         sendPendingFrame()
     }
 

@@ -299,8 +299,7 @@ public final class TunnelConnection {
             } catch {
                 plaintext.consume(span.count - input.count)
                 logger.error("the service broke the WebSocket protocol: \(error)")
-                sendClose(code: error.closeCode, reason: "protocol error")
-                fail(.failed("WebSocket protocol error: \(error)"))
+                closeAfterError(code: error.closeCode, reason: "protocol error", why: "WebSocket protocol error: \(error)")
                 return
             }
             let used = span.count - input.count
@@ -337,8 +336,8 @@ public final class TunnelConnection {
         } catch {
             // The stream of tunnel messages can no longer be trusted: start a new session.
             logger.error("undecodable tunnel message from the service: \(error)")
-            sendClose(code: WebSocketCloseCode.invalidPayload, reason: "undecodable tunnel message")
-            fail(.failed("undecodable tunnel message: \(error)"))
+            closeAfterError(code: WebSocketCloseCode.invalidPayload, reason: "undecodable tunnel message",
+                            why: "undecodable tunnel message: \(error)")
         }
     }
 
@@ -379,6 +378,9 @@ public final class TunnelConnection {
     /// Sends a control message (no payload) after the frames already queued.
     public func send(_ message: TunnelMessage) {
         guard state == .open else { return }
+        if logger.enabled(.trace) {
+            logger.trace("sending \(message.type) stream \(message.streamId) connection \(message.connectionId)")
+        }
         do {
             queueFrame(.binary, try TunnelFrame.encode(message))
         } catch {
@@ -492,6 +494,16 @@ public final class TunnelConnection {
         default:
             fail(.stopped)
         }
+    }
+
+    /// Sends a close frame with `code` (RFC 6455 §7.1.7), then drops the connection once it is
+    /// out (or after 2 s), reporting `why`.
+    private func closeAfterError(code: UInt16, reason: String, why: String) {
+        closeReasonToReport = .failed(why)
+        sendClose(code: code, reason: reason)
+        state = .closing
+        closeAcknowledged = true
+        flushThenFinish()
     }
 
     private func sendClose(code: UInt16, reason: String) {

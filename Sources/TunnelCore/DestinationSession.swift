@@ -314,8 +314,15 @@ public final class DestinationSession {
             return
         }
         let connectionId = message.connectionId == 0 ? 1 : message.connectionId
-        if stream.connections[connectionId] != nil {
-            actions.append(.log(.warning, "\(describe(message)) duplicates an open connection: resetting it"))
+        if let existing = stream.connections[connectionId] {
+            // The source is confused about this connection; resetting it on both sides keeps
+            // the two ends agreeing that it is gone.
+            actions.append(.log(.warning, "\(describe(message)) duplicates an open connection: closing and resetting it"))
+            var updated = stream
+            updated.connections[connectionId] = nil
+            services[index].stream = updated
+            connections[existing] = nil
+            actions.append(.closeLocal(existing))
             actions.append(.send(resetMessage(for: index, stream: stream, connectionId: connectionId, wholeStream: false)))
             return
         }

@@ -151,3 +151,34 @@ def run_probe(probe: str, *args: str, stdin: bytes = b"", timeout: float = PROBE
         )
     text = done.stdout.decode("utf-8")
     return text.splitlines()
+
+
+@pytest.fixture(scope="session")
+def tunnel_certs(tmp_path_factory):
+    """A CA, a server certificate it signed (SAN localhost, 127.0.0.1) and an unrelated CA.
+
+    Generated once per test session with the openssl CLI, so no private key is ever committed.
+    """
+    from tunnel_service import make_certs
+
+    return make_certs(tmp_path_factory.mktemp("tunnel_certs"))
+
+
+@pytest.fixture(scope="session")
+def localproxy():
+    """Path of the `localproxy` executable under test.
+
+    As with the wire-probe, a missing binary fails the end-to-end tests instead of skipping
+    them, so that they cannot silently stop running.
+    """
+    configured = os.environ.get("LOCALPROXY")
+    path = Path(configured) if configured else REPO_ROOT / ".build" / "debug" / "localproxy"
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"localproxy executable not found at {path}; "
+            "run `swift build --product localproxy` first (or set LOCALPROXY)",
+            pytrace=False,
+        )
+    return str(path)

@@ -274,12 +274,14 @@ struct DestinationSessionTests {
     }
 
     @Test func v3DuplicateConnectionStartIsReset() {
+        // Both ends must agree the connection is gone: ours is closed along with the reset.
         let h = Harness([named("SSH", ssh)])
         #expect(h.start(1, "SSH", c: 1) == [.connect(1, ssh)])
         #expect(h.connectionStart(1, "SSH", c: 2) == [.connect(2, ssh)])
-        #expect(h.connectionStart(1, "SSH", c: 2) == [sentConnectionReset(1, "SSH", 2)])
-        #expect(h.connectionStart(1, "SSH", c: 1) == [sentConnectionReset(1, "SSH", 1)])
-        #expect(h.session.connectionCount == 2)
+        #expect(h.connectionStart(1, "SSH", c: 2) == [.close(2), sentConnectionReset(1, "SSH", 2)])
+        #expect(h.data(1, "SSH", c: 2, "x") == [])
+        #expect(h.connectionStart(1, "SSH", c: 1) == [.close(1), sentConnectionReset(1, "SSH", 1)])
+        #expect(h.session.connectionCount == 0)
         #expect(h.connectionStart(1, "SSH", c: 3) == [.connect(3, ssh)])
     }
 
@@ -298,8 +300,9 @@ struct DestinationSessionTests {
         let h = Harness([named("SSH", ssh)])
         #expect(h.start(1, "SSH", c: 1) == [.connect(1, ssh)])
         #expect(h.data(1, "SSH", c: 0, "x") == [deliver(1, "x")])
-        #expect(h.connectionStart(1, "SSH", c: 0) == [sentConnectionReset(1, "SSH", 1)])
-        #expect(h.connectionReset(1, "SSH", c: 0) == [.close(1)])
+        // A CONNECTION_START for connection 0 duplicates connection 1: both sides drop it.
+        #expect(h.connectionStart(1, "SSH", c: 0) == [.close(1), sentConnectionReset(1, "SSH", 1)])
+        #expect(h.connectionReset(1, "SSH", c: 0) == [])
         #expect(h.connectionStart(1, "SSH", c: 0) == [.connect(2, ssh)])
         #expect(h.header(2) == header(1, "SSH", 1))
         #expect(h.data(1, "SSH", c: 0, "y") == [deliver(2, "y")])
@@ -506,7 +509,6 @@ struct DestinationSessionTests {
         #expect(h.start(1, "SSH", c: 1) == [.connect(100, ssh)])
         #expect(h.connectionStart(1, "SSH", c: 2) == [.connect(101, ssh)])
         // Refused starts take no id.
-        #expect(h.connectionStart(1, "SSH", c: 2) == [sentConnectionReset(1, "SSH", 2)])
         #expect(h.connectionStart(1, "SSH", c: 3) == [sentConnectionReset(1, "SSH", 3)])
         #expect(h.start(9, "VNC", c: 1) == [sentStreamReset(9, "VNC")])
         #expect(h.localClosed(101) == [.close(101), sentConnectionReset(1, "SSH", 2)])
