@@ -290,7 +290,9 @@ public final class TunnelConnection {
                 if let message { deliver(message) }
                 continue
             }
-            if plaintext.readableCount == 0 { return }
+            // After a close frame or a protocol error the decoder takes nothing more; whatever
+            // follows is discarded with the connection.
+            if plaintext.readableCount == 0 || webSocket.isFinished { return }
             let span = plaintext.readableSpans.0
             var input = span
             let event: WebSocketEvent?
