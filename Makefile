@@ -3,6 +3,7 @@
 #   make build     host build (full Swift, SwiftPM)
 #   make test      Swift tests + Python peer tests (installs deps first when missing)
 #   make embedded  build the device modules in Embedded Swift (x86_64)
+#   make demo      the whole tunnel on this machine: emulator, AWS CLI, both proxies, SSH
 
 SHELL        := /bin/bash
 SWIFT        ?= swift
@@ -11,7 +12,7 @@ SWIFTC       ?= $(shell command -v swiftc)
 TC           := $(abspath $(dir $(realpath $(SWIFTC)))/../..)
 VENV         := .venv
 PY           := $(VENV)/bin/python
-APT_PACKAGES := libuv1-dev libmbedtls-dev openssl
+APT_PACKAGES := libuv1-dev libmbedtls-dev openssl openssh-server openssh-client
 PEERS        := Tests/Peers
 
 # Embedded build (device modules). ARCH is fixed to x86_64 until the cross-compilation work lands.
@@ -28,7 +29,7 @@ EMB_LIBS     := $(TC)/usr/lib/swift/embedded/$(EMB_TARGET)/libswiftUnicodeDataTa
 DEVICE_MODULES := TunnelCore TunnelTLS TunnelIO LocalProxy
 EMB_OBJECTS    := $(addprefix $(EMB_DIR)/,$(addsuffix .o,$(DEVICE_MODULES)))
 
-.PHONY: all deps deps-apt venv build test test-swift test-peers embedded clean
+.PHONY: all deps deps-apt venv build test test-swift test-peers embedded demo clean
 
 all: build
 
@@ -47,6 +48,9 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: $(PEERS)/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r $(PEERS)/requirements.txt
+	@# The demo and the emulator tests drive the AWS CLI; install it into the venv when the
+	@# machine has none.
+	@command -v aws >/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check awscli
 	touch $@
 
 build: deps-apt
@@ -88,6 +92,12 @@ embedded: deps-apt
 	@$(SWIFTC) $(EMB_FLAGS) -module-name core_selftest Sources/core-selftest/*.swift -c -o $(EMB_DIR)/core-selftest.o
 	@$(TC)/usr/bin/$(EMB_LINK) $(EMB_DIR)/core-selftest.o $(EMB_OBJECTS) $(EMB_LIBS) -o $(EMB_DIR)/core-selftest
 	@$(EMB_DIR)/core-selftest
+
+# The main job: a whole tunnel on this machine (emulator, AWS CLI, both proxies, SSH).
+demo: deps
+	$(SWIFT) build --product localproxy
+	$(SWIFT) build --product tunnel-service
+	scripts/demo.sh
 
 clean:
 	rm -rf .build .build-embedded

@@ -12,7 +12,7 @@ public struct Configuration {
     /// `--access-token-file`, re-read when the service ends a session (token rotation).
     public var accessTokenFile: String? = nil
     /// How long to wait for a new token in that file before exiting.
-    public var tokenWaitMilliseconds = 30_000
+    public var tokenWaitMilliseconds = 10_000
     /// Source mode: how long a half-closed local connection waits for tunnel data.
     public var halfCloseLingerMilliseconds = 10_000
     public var clientToken: String? = nil

@@ -109,7 +109,7 @@ public enum LocalProxyMain {
           --max-payload N             largest DATA payload to send (64512)
           --token-wait-ms N           with --access-token-file: after the service ends the
                                       session (e.g. token rotated), wait this long for a new
-                                      token in the file and reconnect with it (30000; 0: exit)
+                                      token in the file and reconnect with it (10000; 0: exit)
           --half-close-linger-ms N    source: how long a half-closed local connection waits
                                       for the destination's answer (10000)
 

@@ -111,7 +111,7 @@ private func tcp(_ host: String, _ port: UInt16, _ service: String = "") -> Serv
         #expect(c.pingIntervalMilliseconds == 20_000)
         #expect(c.reconnectDelayMaximumMilliseconds == 120_000)
         #expect(c.maximumPayload == 64_512)
-        #expect(c.tokenWaitMilliseconds == 30_000)
+        #expect(c.tokenWaitMilliseconds == 10_000)
         #expect(c.halfCloseLingerMilliseconds == 10_000)
         #expect(c.accessTokenFile == nil)
         #expect(c.warnings == [])
