@@ -57,11 +57,12 @@ build: deps-apt
 	$(SWIFT) build
 
 BIN_PATH = $$($(SWIFT) build --show-bin-path)
-PEER_ENV = WIRE_PROBE=$(BIN_PATH)/wire-probe LOCALPROXY=$(BIN_PATH)/localproxy
+PEER_ENV = WIRE_PROBE=$(BIN_PATH)/wire-probe LOCALPROXY=$(BIN_PATH)/localproxy TUNNEL_SERVICE=$(BIN_PATH)/tunnel-service
 
 test: deps
 	$(SWIFT) build --product wire-probe
 	$(SWIFT) build --product localproxy
+	$(SWIFT) build --product tunnel-service
 	$(SWIFT) test
 	$(PEER_ENV) $(VENV)/bin/pytest -q $(PEERS)
 
@@ -71,6 +72,7 @@ test-swift: deps-apt
 test-peers: deps
 	$(SWIFT) build --product wire-probe
 	$(SWIFT) build --product localproxy
+	$(SWIFT) build --product tunnel-service
 	$(PEER_ENV) $(VENV)/bin/pytest -q $(PEERS)
 
 # Every module the device binary links, compiled in Embedded Swift, so that the Embedded subset

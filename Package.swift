@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "TunnelTLS", targets: ["TunnelTLS"]),
         .executable(name: "localproxy", targets: ["localproxy"]),
         .executable(name: "wire-probe", targets: ["wire-probe"]),
+        .executable(name: "tunnel-service", targets: ["tunnel-service"]),
     ],
     targets: [
         // C libraries through module maps. Debian's mbedTLS 2.28 ships no pkg-config file.
@@ -57,5 +58,11 @@ let package = Package(
         .testTarget(name: "TunnelTLSTests", dependencies: ["TunnelTLS"]),
         .testTarget(name: "TunnelIOTests", dependencies: ["TunnelIO"]),
         .testTarget(name: "LocalProxyTests", dependencies: ["LocalProxy"]),
+
+        // Host-only local emulator of the tunneling service (data plane and control plane), so a
+        // whole tunnel runs on one machine. Full Swift with Foundation; never linked into the device.
+        .target(name: "TunnelService", dependencies: ["TunnelCore", "TunnelTLS", "TunnelIO"]),
+        .executableTarget(name: "tunnel-service", dependencies: ["TunnelService"]),
+        .testTarget(name: "TunnelServiceTests", dependencies: ["TunnelService"]),
     ]
 )

@@ -1,0 +1,634 @@
+import TunnelCore
+import TunnelIO
+import TunnelTLS
+
+/// Where an admitted connection belongs: its tunnel, its side, what it negotiated, and the
+/// per-connection state of the message rules.
+struct Attachment {
+    let relay: TunnelRelay
+    let side: Side
+    let subprotocol: String
+    var rules: ConnectionRules
+}
+
+/// One client's connection to the emulated data plane: TLS (server role), the HTTP upgrade,
+/// then tunnel messages in binary WebSocket frames. The server-side counterpart of the local
+/// proxy's `TunnelConnection`, with the same pipeline:
+///
+///   socket → `tls.ciphertextIn` → decrypt → `plaintext` → WebSocket decoder → tunnel frame
+///   decoder → rules → the other side's `outgoing` queue → frames → TLS → socket.
+///
+/// Every stage is a fixed-size buffer. A sender stops parsing while its peer's queue lacks room
+/// for the largest message, so its plaintext and ciphertext buffers fill, its socket stops being
+/// read, and TCP pushes back on the client: memory stays bounded whatever the clients do.
+///
+/// Lifecycle (each state lists where it can go next, and why):
+/// - `tlsHandshake` → `readingRequest` (handshake done) | `closed` (TLS failure, timeout, EOF)
+/// - `readingRequest` → `open` (admitted) | `rejecting` (refused) | `closed` (timeout, EOF)
+/// - `rejecting` → `draining` once the error response is in TLS: the response is the last word
+/// - `open` → `closing` (either side sent a close frame) | `closed` (transport lost)
+/// - `closing` → `draining` once both close frames crossed | `closed` (timeout, transport lost)
+/// - `draining` → `closed` once close_notify and everything before it reached the socket
+final class ServiceConnection {
+    enum State: Equatable {
+        case tlsHandshake
+        case readingRequest
+        case rejecting
+        case open
+        case closing
+        case draining
+        case closed
+    }
+
+    /// Pongs (and the 101) queued beyond this pause reading: a client that pings without
+    /// reading our answers must not make the queue grow.
+    static let maximumQueuedControlFrames = 64
+    /// Relayed bytes waiting to be framed. Large enough for a full passthrough group (one frame)
+    /// plus a whole message, so a sender blocked mid-group can always make progress.
+    static let outgoingCapacity = 512 * 1024
+    /// Room a sender needs in this queue before it may hand over its next message: the largest
+    /// framed tunnel message.
+    static let messageRoom = TunnelFrame.prefixLength + TunnelFrame.maximumMessageLength
+    /// How long the opening (TLS and upgrade) and the closing handshake may take.
+    static let handshakeTimeoutMilliseconds: UInt64 = 10_000
+    static let closeTimeoutMilliseconds: UInt64 = 3_000
+
+    let id: Int
+    let channelId: String
+    unowned let plane: DataPlane
+    private(set) var state = State.tlsHandshake
+    private let socket: Stream
+    private let tls: TLSEngine
+    private let plaintext: RingBuffer
+    private var head = HTTPHeadReader(limit: Admission.maximumHeadLength)
+    private let webSocket = WebSocketFrameDecoder(role: .server)
+    private let frames = TunnelFrameDecoder()
+    /// The part of the current binary frame the tunnel decoder has not taken yet: a view into
+    /// `plaintext`, whose bytes are consumed as they are taken.
+    private var pendingChunk = UnsafeRawBufferPointer(start: nil, count: 0)
+    private var chunkEndsMessage = false
+
+    private var outgoing: RingBuffer? = nil
+    private var framing: OutboundFraming
+    /// One frame is assembled here (header, then payload copied out of `outgoing`) so that
+    /// mbedTLS gets it in one call and cuts it into full-size records.
+    private var scratch: UnsafeMutableRawPointer? = nil
+    /// Complete frames and HTTP responses, written before any data frame.
+    private var controlQueue: [[UInt8]] = []
+    /// Service messages that did not fit into `outgoing` yet; they keep their place in line
+    /// because senders wait while this is not empty.
+    private var serviceBacklog: [[UInt8]] = []
+    private var pendingClose: [UInt8]? = nil
+    private var closeSent = false
+    private var closeReceived = false
+    private var writing = false
+
+    private var driving = false
+    private var driveAgain = false
+    private var flushing = false
+    private var flushAgain = false
+    private let timer: Timer
+
+    var attachment: Attachment? = nil
+    /// Set when the connection was refused or closed, for the log.
+    private(set) var endReason = ""
+
+    init(id: Int, channelId: String, plane: DataPlane, loop: EventLoop, socket: Stream,
+         tlsConfiguration: TLSConfiguration, framing: FramingMode) throws(TLSError) {
+        self.id = id
+        self.channelId = channelId
+        self.plane = plane
+        self.socket = socket
+        self.framing = OutboundFraming(mode: framing)
+        tls = try TLSEngine(configuration: tlsConfiguration, serverName: nil)
+        do {
+            plaintext = try RingBuffer(minimumCapacity: 64 * 1024)
+        } catch {
+            throw TLSError(-1, "allocating the connection buffer: \(error)")
+        }
+        timer = Timer(loop: loop)
+    }
+
+    var side: Side? { attachment?.side }
+    var log: ServiceLog { plane.log }
+    private var label: String { attachment.map { "connection \(id) (\($0.side) of \($0.relay.tunnelId))" } ?? "connection \(id)" }
+
+    func start() {
+        timer.start(after: ServiceConnection.handshakeTimeoutMilliseconds) { [self] in
+            if state == .tlsHandshake || state == .readingRequest {
+                log.info("\(label): no complete upgrade within \(ServiceConnection.handshakeTimeoutMilliseconds / 1000) s")
+                teardown("handshake timeout")
+            }
+        }
+        let engine = tls
+        socket.setNoDelay()
+        socket.allocate = { engine.ciphertextIn.writableSpans.0 }
+        socket.onRead = { [self] result in
+            switch result {
+            case .success(let n):
+                tls.ciphertextIn.commit(n)
+                drive()
+            case .failure(let error):
+                if error.code == UVError.endOfFile {
+                    teardown(state == .draining ? "closed" : "the client closed the TCP connection")
+                } else {
+                    teardown("connection lost: \(error)")
+                }
+            }
+        }
+        socket.startReading()
+    }
+
+    // MARK: Inbound
+
+    /// Moves bytes through every stage as far as the buffers allow. Called after each read,
+    /// after each completed write, and when a paused sender's peer has room again. Re-entrant
+    /// calls (a relay into our peer can come back to us) only ask for one more round.
+    func drive() {
+        if driving {
+            driveAgain = true
+            return
+        }
+        driving = true
+        repeat {
+            driveAgain = false
+            step()
+        } while driveAgain && state != .closed
+        driving = false
+    }
+
+    private func step() {
+        guard state != .closed else { return }
+        if state == .tlsHandshake {
+            do {
+                if try tls.handshake() == .done {
+                    state = .readingRequest
+                    log.trace("\(label): TLS established")
+                }
+            } catch {
+                log.info("\(label): TLS handshake failed: \(error)")
+                teardown("TLS handshake failed")
+                return
+            }
+        }
+        if state != .tlsHandshake {
+            // Decrypting frees ciphertext room for the socket and parsing frees plaintext room
+            // for decryption, so go round until neither moves: with the socket stopped, no
+            // later read event would come to do it.
+            while true {
+                let before = tls.ciphertextIn.readableCount + plaintext.readableCount + pendingChunk.count
+                decrypt()
+                if state == .closed { return }
+                process()
+                if state == .closed { return }
+                let after = tls.ciphertextIn.readableCount + plaintext.readableCount + pendingChunk.count
+                if after == before || after == 0 { break }
+                if isPaused {
+                    // Sending what is queued is what makes room again.
+                    plane.flushPeer(of: self)
+                    if isPaused { break }
+                }
+            }
+            plane.flushPeer(of: self)
+            if tls.receivedCloseNotify && plaintext.readableCount == 0 && pendingChunk.isEmpty && state != .draining {
+                teardown(state == .open ? "the client ended TLS without a close frame" : "the client ended TLS")
+                return
+            }
+        }
+        flush()
+        if state != .closed && !socket.isReading && tls.ciphertextIn.writableCount > 0 {
+            socket.startReading()
+        }
+    }
+
+    /// While paused, parsing stops with the current message; the rings behind it fill up.
+    private var isPaused: Bool {
+        guard state == .open else { return false }
+        return controlQueue.count >= ServiceConnection.maximumQueuedControlFrames || !plane.canRelay(from: self)
+    }
+
+    private func decrypt() {
+        while plaintext.writableCount > 0 && !tls.receivedCloseNotify {
+            do {
+                let (n, _) = try tls.read(into: plaintext.writableSpans.0)
+                if n == 0 { return }
+                plaintext.commit(n)
+            } catch {
+                log.info("\(label): TLS error: \(error)")
+                teardown("TLS error")
+                return
+            }
+        }
+    }
+
+    private func process() {
+        switch state {
+        case .readingRequest: readRequest()
+        case .open, .closing: readFrames()
+        case .rejecting, .draining:
+            // Nothing the client sends now can change anything.
+            plaintext.consume(plaintext.readableCount)
+        case .tlsHandshake, .closed:
+            break
+        }
+    }
+
+    private func readRequest() {
+        while state == .readingRequest && plaintext.readableCount > 0 {
+            let span = plaintext.readableSpans.0
+            var input = UnsafeRawBufferPointer(span)
+            do {
+                let parsed = try head.read(&input)
+                plaintext.consume(span.count - input.count)
+                if let parsed { requestReceived(parsed) }
+            } catch {
+                plaintext.consume(span.count - input.count)
+                reject(Admission.rejection(for: error))
+            }
+        }
+    }
+
+    private func requestReceived(_ head: HTTPHead) {
+        switch plane.admit(self, head: head) {
+        case .failure(let rejection):
+            reject(rejection)
+        case .success(let admission):
+            do {
+                outgoing = try RingBuffer(minimumCapacity: ServiceConnection.outgoingCapacity)
+            } catch {
+                reject(Rejection(500, "Internal error: \(error)"))
+                return
+            }
+            scratch = UnsafeMutableRawPointer.allocate(
+                byteCount: WebSocketFrameEncoder.maximumHeaderLength + OutboundFraming.maximumFrame, alignment: 16)
+            controlQueue.append(WebSocketUpgradeResponse.switching(
+                key: admission.key, subprotocol: admission.request.subprotocol,
+                extraHeaders: [HTTPHeader("channel-id", channelId)]))
+            state = .open
+            timer.stop()
+            plane.attach(self, admission)
+        }
+    }
+
+    private func reject(_ rejection: Rejection) {
+        log.info("\(label): upgrade refused: \(rejection.status) \(rejection.body)")
+        endReason = "refused with \(rejection.status)"
+        controlQueue.append(WebSocketUpgradeResponse.error(
+            status: rejection.status, reason: WebSocketUpgradeResponse.reasonPhrase(rejection.status),
+            body: rejection.body, extraHeaders: [HTTPHeader("channel-id", channelId)]))
+        state = .rejecting
+        plaintext.consume(plaintext.readableCount)
+    }
+
+    private func readFrames() {
+        while state == .open || state == .closing {
+            if isPaused { return }
+            if !pendingChunk.isEmpty {
+                var input = pendingChunk
+                let message = frames.next(&input)
+                plaintext.consume(pendingChunk.count - input.count)
+                pendingChunk = input
+                if let message { deliver(message) }
+                if pendingChunk.isEmpty && chunkEndsMessage {
+                    chunkEndsMessage = false
+                    plane.messageEnded(from: self)
+                }
+                continue
+            }
+            if plaintext.readableCount == 0 { return }
+            if webSocket.isFinished {
+                // After the client's close frame nothing more is decoded.
+                plaintext.consume(plaintext.readableCount)
+                return
+            }
+            let span = plaintext.readableSpans.0
+            var input = span
+            let event: WebSocketEvent?
+            do {
+                event = try webSocket.next(&input)
+            } catch {
+                plaintext.consume(span.count - input.count)
+                protocolError(code: error.closeCode, reason: Self.closeReason(for: error), detail: "\(error)")
+                return
+            }
+            let used = span.count - input.count
+            guard let event else {
+                plaintext.consume(used)
+                continue
+            }
+            switch event {
+            case .binary(let chunk, let isMessageEnd):
+                // The chunk is the tail of what the decoder used; it stays until taken.
+                plaintext.consume(used - chunk.count)
+                pendingChunk = UnsafeRawBufferPointer(chunk)
+                chunkEndsMessage = isMessageEnd
+                if chunk.isEmpty && isMessageEnd {
+                    chunkEndsMessage = false
+                    plane.messageEnded(from: self)
+                }
+            case .ping(let payload):
+                let copy = Array(payload)
+                plaintext.consume(used)
+                if state == .open {
+                    controlQueue.append(WebSocketFrameEncoder.frame(opcode: .pong, payload: copy, maskingKey: nil))
+                }
+            case .pong:
+                plaintext.consume(used)
+            case .close(let code, let reasonBytes):
+                let reason = String(decoding: reasonBytes, as: UTF8.self)
+                plaintext.consume(used)
+                closeFrameReceived(code: code, reason: reason)
+                return
+            }
+        }
+    }
+
+    /// A short close reason naming the broken WebSocket rule (the full text goes to the log).
+    static func closeReason(for error: WebSocketProtocolError) -> String {
+        switch error.reason {
+        case .textFrame: return "text frames are not accepted"
+        case .frameTooLarge(_, let limit): return "frame larger than \(limit) bytes"
+        case .unmaskedClientFrame: return "client frames must be masked"
+        case .reservedBitsSet: return "reserved bits set"
+        case .reservedOpcode: return "reserved opcode"
+        case .fragmentedControlFrame: return "fragmented control frame"
+        case .controlFrameTooLong: return "control frame longer than 125 bytes"
+        case .continuationWithoutMessage: return "continuation frame without a message"
+        case .messageStartedInsideMessage: return "new message inside a fragmented message"
+        case .closePayloadOfOneByte: return "close frame with a 1-byte payload"
+        case .invalidCloseCode: return "invalid close code"
+        case .closeReasonNotUTF8: return "close reason not UTF-8"
+        case .maskedServerFrame: return "masked frame"
+        }
+    }
+
+    private func deliver(_ bytes: UnsafeRawBufferPointer) {
+        // After a close was sent or received, messages are no longer relayed.
+        guard state == .open, attachment != nil else { return }
+        switch attachment!.rules.inspect(bytes) {
+        case .forward(let summary):
+            plane.relay(from: self, message: bytes, summary: summary)
+        case .close(let code, let reason):
+            protocolError(code: code, reason: reason, detail: reason)
+        }
+    }
+
+    private func protocolError(code: UInt16, reason: String, detail: String) {
+        if state == .open {
+            log.info("\(label): closing with \(code): \(detail)")
+            close(code: code, reason: reason)
+        } else {
+            // Already closing: our close frame stands. The decoder has stopped, so the rest of
+            // the input is discarded until the client closes or the close timeout ends it;
+            // dropping the connection now could destroy the close frame before it is read.
+            log.debug("\(label): after the close: \(detail)")
+        }
+    }
+
+    // MARK: Outbound
+
+    /// Whether the other side may hand over one more message now.
+    var canAcceptMessage: Bool {
+        guard state == .open, let outgoing, serviceBacklog.isEmpty else { return false }
+        return outgoing.writableCount >= ServiceConnection.messageRoom
+    }
+
+    /// Queues a relayed message (protobuf bytes; the prefix is added here). The sender checked
+    /// `canAcceptMessage` first.
+    func enqueue(message: UnsafeRawBufferPointer, summary: MessageSummary) {
+        guard state == .open, let outgoing else { return }
+        precondition(outgoing.writableCount >= TunnelFrame.prefixLength + message.count, "relay without room")
+        let prefix: [UInt8] = [UInt8(truncatingIfNeeded: message.count >> 8), UInt8(truncatingIfNeeded: message.count)]
+        _ = prefix.withUnsafeBytes { outgoing.write($0) }
+        _ = outgoing.write(message)
+        framing.appended(TunnelFrame.prefixLength + message.count)
+        attachment?.rules.delivered(summary)
+        // No flush here: the sender flushes us once it has processed what it read, so that
+        // everything one read delivered can share frames (coalesce) and TLS gets fewer calls.
+    }
+
+    /// Queues a message the service itself sends (already length-prefixed), as a group of its
+    /// own so that passthrough framing never merges it with relayed messages.
+    func enqueueServiceMessage(_ framed: [UInt8]) {
+        guard state == .open else { return }
+        serviceBacklog.append(framed)
+        moveBacklog()
+        flush()
+    }
+
+    private func moveBacklog() {
+        guard let outgoing else { return }
+        while let framed = serviceBacklog.first, outgoing.writableCount >= framed.count {
+            framing.closeGroup()
+            _ = framed.withUnsafeBytes { outgoing.write($0) }
+            framing.appended(framed.count)
+            framing.closeGroup()
+            serviceBacklog.removeFirst()
+        }
+    }
+
+    /// The sender's WebSocket message ended: what it completed may go out as one frame.
+    func senderMessageEnded() {
+        framing.closeGroup()
+        flush()
+    }
+
+    /// The other side went away: whatever it had queued here is complete as it is.
+    func peerDetached() {
+        framing.closeGroup()
+        flush()
+    }
+
+    /// Moves control frames, data frames and the close frame into TLS, and ciphertext onto
+    /// the socket.
+    func flush() {
+        if flushing {
+            flushAgain = true
+            return
+        }
+        flushing = true
+        repeat {
+            flushAgain = false
+            flushOnce()
+        } while flushAgain && state != .closed
+        flushing = false
+    }
+
+    private func flushOnce() {
+        guard state != .closed else { return }
+        while let frame = controlQueue.first, tls.writableCapacity >= frame.count {
+            guard writeToTLS(frame) else { return }
+            controlQueue.removeFirst()
+        }
+        if controlQueue.isEmpty {
+            switch state {
+            case .open:
+                writeDataFrames()
+            case .closing:
+                if !closeSent {
+                    writeDataFrames()
+                    if let close = pendingClose, (outgoing?.readableCount ?? 0) == 0, tls.writableCapacity >= close.count {
+                        guard writeToTLS(close) else { return }
+                        pendingClose = nil
+                        closeSent = true
+                        if closeReceived { beginDrain() }
+                    }
+                }
+            case .rejecting:
+                // The error response is in TLS: end the session behind it.
+                beginDrain()
+            default:
+                break
+            }
+        }
+        guard state != .closed else { return }
+        if !writing && tls.ciphertextOut.readableCount > 0 {
+            let (a, b) = tls.ciphertextOut.readableSpans
+            let count = a.count + b.count
+            writing = true
+            socket.write(UnsafeRawBufferPointer(a), UnsafeRawBufferPointer(b)) { [self] error in
+                writing = false
+                guard state != .closed else { return }
+                if let error {
+                    teardown("sending failed: \(error)")
+                    return
+                }
+                tls.ciphertextOut.consume(count)
+                drive()
+            }
+        } else if !writing && state == .draining && tls.ciphertextOut.readableCount == 0 {
+            teardown(endReason.isEmpty ? "closed" : endReason)
+        }
+    }
+
+    private func writeToTLS(_ bytes: [UInt8]) -> Bool {
+        let result: Result<Int, TLSError> = bytes.withUnsafeBytes { raw in
+            do throws(TLSError) { return .success(try tls.write(raw)) } catch { return .failure(error) }
+        }
+        switch result {
+        case .success(let taken):
+            // Capacity was checked first, so frames are never cut or interleaved.
+            precondition(taken == bytes.count, "TLS took part of a frame despite the capacity check")
+            return true
+        case .failure(let error):
+            teardown("TLS error while sending: \(error)")
+            return false
+        }
+    }
+
+    private func writeDataFrames() {
+        guard let outgoing, let scratch else { return }
+        var freed = false
+        let payloadStart = scratch + WebSocketFrameEncoder.maximumHeaderLength
+        while let length = framing.nextFrameLength() {
+            let header = WebSocketFrameEncoder.headerLength(payloadLength: length, masked: false)
+            guard tls.writableCapacity >= header + length else { break }
+            let (a, b) = outgoing.readableSpans
+            let first = min(length, a.count)
+            payloadStart.copyMemory(from: a.baseAddress!, byteCount: first)
+            if length > first { (payloadStart + first).copyMemory(from: b.baseAddress!, byteCount: length - first) }
+            WebSocketFrameEncoder.writeHeader(opcode: .binary, payloadLength: length, maskingKey: nil, endingAt: payloadStart)
+            let frame = UnsafeRawBufferPointer(start: payloadStart - header, count: header + length)
+            do {
+                let taken = try tls.write(frame)
+                precondition(taken == frame.count, "TLS took part of a frame despite the capacity check")
+            } catch {
+                teardown("TLS error while sending: \(error)")
+                return
+            }
+            outgoing.consume(length)
+            framing.sent(length)
+            freed = true
+        }
+        if !serviceBacklog.isEmpty { moveBacklog() }
+        if freed { plane.drained(self) }
+    }
+
+    // MARK: Closing
+
+    /// Closes from the service's side: detaches from the tunnel at once, sends what was already
+    /// queued, then the close frame, and waits (bounded) for the client's answer.
+    func close(code: UInt16, reason: String) {
+        switch state {
+        case .open:
+            state = .closing
+            endReason = "closed by the service with \(code) (\(reason))"
+            plane.detach(self)
+            framing.closeGroup()
+            moveBacklog()
+            pendingClose = WebSocketFrameEncoder.closeFrame(code: code, reason: reason, maskingKey: nil)
+            startCloseTimer()
+            flush()
+        case .tlsHandshake, .readingRequest:
+            teardown("closed before the upgrade: \(reason)")
+        case .rejecting, .closing, .draining, .closed:
+            break
+        }
+    }
+
+    private func closeFrameReceived(code: UInt16?, reason: String) {
+        closeReceived = true
+        log.debug("\(label): close frame from the client (\(code.map { String($0) } ?? "no code")\(reason.isEmpty ? "" : ", \(reason)"))")
+        switch state {
+        case .open:
+            state = .closing
+            endReason = "closed by the client with \(code.map { String($0) } ?? "no code")"
+            plane.detach(self)
+            dropOutgoing()
+            // Echo the client's code (RFC 6455 §5.5.1); a close without one gets an empty one.
+            pendingClose = code.map { WebSocketFrameEncoder.closeFrame(code: $0, reason: "", maskingKey: nil) }
+                ?? WebSocketFrameEncoder.frame(opcode: .close, payload: [UInt8](), maskingKey: nil)
+            startCloseTimer()
+            flush()
+        case .closing:
+            if closeSent {
+                beginDrain()
+            } else {
+                // The client will read nothing more: our close frame goes out now.
+                dropOutgoing()
+                flush()
+            }
+        default:
+            break
+        }
+    }
+
+    private func dropOutgoing() {
+        outgoing?.removeAll()
+        framing = OutboundFraming(mode: framing.mode)
+        serviceBacklog.removeAll()
+    }
+
+    private func startCloseTimer() {
+        timer.start(after: ServiceConnection.closeTimeoutMilliseconds) { [self] in
+            if state == .closing || state == .draining { teardown("closing handshake timed out") }
+        }
+    }
+
+    private func beginDrain() {
+        guard state != .draining && state != .closed else { return }
+        state = .draining
+        tls.close()
+        flush()
+    }
+
+    /// Drops the connection at once (no close frame): for shutdown's last resort and for
+    /// transport failures.
+    func abort(_ why: String) { teardown(why) }
+
+    private func teardown(_ why: String) {
+        guard state != .closed else { return }
+        state = .closed
+        if endReason.isEmpty { endReason = why }
+        plane.detach(self)
+        timer.close()
+        socket.close()
+        outgoing = nil
+        scratch?.deallocate()
+        scratch = nil
+        pendingChunk = UnsafeRawBufferPointer(start: nil, count: 0)
+        controlQueue.removeAll()
+        serviceBacklog.removeAll()
+        plane.removed(self, why: endReason)
+    }
+}
