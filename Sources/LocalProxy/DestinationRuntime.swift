@@ -7,8 +7,7 @@ import TunnelTLS
 public final class DestinationRuntime: TunnelRuntime {
     private var session: DestinationSession? = nil
     private var nextLocalId: UInt32 = 1
-    private var actionBuffer: [DestinationAction] = []
-    private var actionDepth = 0
+    private let runner = ActionRunner<DestinationAction>()
 
     public override init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
         super.init(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
@@ -33,19 +32,8 @@ public final class DestinationRuntime: TunnelRuntime {
         perform { s.closeAll(into: &$0) }
     }
 
-    /// Runs `body` to collect actions, then carries them out. Re-entrant: an action may cause
-    /// events that produce more actions; the outermost call reuses one buffer.
     private func perform(_ body: (inout [DestinationAction]) -> Void) {
-        var actions: [DestinationAction] = actionDepth == 0 ? actionBuffer : []
-        if actionDepth == 0 { actionBuffer = [] }
-        actionDepth += 1
-        body(&actions)
-        for action in actions { execute(action) }
-        actionDepth -= 1
-        if actionDepth == 0 {
-            actions.removeAll(keepingCapacity: true)
-            actionBuffer = actions
-        }
+        runner.perform(body, execute)
     }
 
     private func execute(_ action: DestinationAction) {

@@ -17,14 +17,7 @@ public final class Logger {
         var line = Array("localproxy \(level): ".utf8)
         line.append(contentsOf: message.utf8)
         line.append(0x0A)
-        line.withUnsafeBytes { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let n = write(2, bytes.baseAddress! + offset, bytes.count - offset)
-                if n <= 0 { return }
-                offset += n
-            }
-        }
+        writeAll(2, line)
     }
 
     public func fatal(_ message: String) { log(.fatal, message) }
@@ -37,11 +30,15 @@ public final class Logger {
 
 /// Writes text to standard output (help, version).
 public func printOut(_ text: String) {
-    let bytes = Array(text.utf8)
+    writeAll(1, Array(text.utf8))
+}
+
+/// Writes every byte to a file descriptor (retrying short writes); gives up on an error.
+func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
     bytes.withUnsafeBytes { b in
         var offset = 0
         while offset < b.count {
-            let n = write(1, b.baseAddress! + offset, b.count - offset)
+            let n = write(fd, b.baseAddress! + offset, b.count - offset)
             if n <= 0 { return }
             offset += n
         }

@@ -21,8 +21,7 @@ public final class SourceRuntime: TunnelRuntime {
     /// Service index in the current session for each listener's service id.
     private var serviceIndex: [String: Int] = [:]
     private var lingering: [LocalConnectionID: Timer] = [:]
-    private var actionBuffer: [SourceAction] = []
-    private var actionDepth = 0
+    private let runner = ActionRunner<SourceAction>()
 
     public override init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
         super.init(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
@@ -58,16 +57,7 @@ public final class SourceRuntime: TunnelRuntime {
     }
 
     private func perform(_ body: (inout [SourceAction]) -> Void) {
-        var actions: [SourceAction] = actionDepth == 0 ? actionBuffer : []
-        if actionDepth == 0 { actionBuffer = [] }
-        actionDepth += 1
-        body(&actions)
-        for action in actions { execute(action) }
-        actionDepth -= 1
-        if actionDepth == 0 {
-            actions.removeAll(keepingCapacity: true)
-            actionBuffer = actions
-        }
+        runner.perform(body, execute)
     }
 
     private func execute(_ action: SourceAction) {

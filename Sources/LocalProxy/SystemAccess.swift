@@ -19,13 +19,7 @@ public enum SystemAccess {
 
     public static func environment(_ name: String) -> String? {
         guard let value = withCString(name, { getenv($0) }) else { return nil }
-        var bytes: [UInt8] = []
-        var i = 0
-        while value[i] != 0 {
-            bytes.append(UInt8(bitPattern: value[i]))
-            i += 1
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        return cString(value)
     }
 
     /// Reads a whole file of at most `limit` bytes, with libuv's synchronous file calls.
@@ -76,7 +70,7 @@ public enum SystemAccess {
         var out: [String] = []
         var entry = uv_dirent_t()
         while uv_fs_scandir_next(&request, &entry) == 0 {
-            let name = cStringToString(entry.name)
+            let name = cString(entry.name)
             let path = directory.hasSuffix("/") ? directory + name : directory + "/" + name
             switch entry.type {
             case UV_DIRENT_FILE: out.append(path)
@@ -85,17 +79,6 @@ public enum SystemAccess {
             }
         }
         return out.sorted { a, b in Array(a.utf8).lexicographicallyPrecedes(Array(b.utf8)) }
-    }
-
-    static func cStringToString(_ p: UnsafePointer<CChar>?) -> String {
-        guard let p else { return "" }
-        var bytes: [UInt8] = []
-        var i = 0
-        while p[i] != 0 {
-            bytes.append(UInt8(bitPattern: p[i]))
-            i += 1
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }
 

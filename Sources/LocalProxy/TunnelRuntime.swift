@@ -265,6 +265,27 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     }
 }
 
+/// Carries out the actions a session produced. Re-entrant: an action may cause events (a
+/// connect failing at once, say) whose actions run inside the outer call; the outermost call
+/// reuses one buffer so the per-message path does not allocate.
+final class ActionRunner<Action> {
+    private var buffer: [Action] = []
+    private var depth = 0
+
+    func perform(_ body: (inout [Action]) -> Void, _ execute: (Action) -> Void) {
+        var actions: [Action] = depth == 0 ? buffer : []
+        if depth == 0 { buffer = [] }
+        depth += 1
+        body(&actions)
+        for action in actions { execute(action) }
+        depth -= 1
+        if depth == 0 {
+            actions.removeAll(keepingCapacity: true)
+            buffer = actions
+        }
+    }
+}
+
 /// A short, non-reversible tag of a secret for logs: the first 8 hex digits of its SHA-1.
 public func fingerprint(_ secret: String) -> String {
     let digest = HandshakeCrypto.sha1(Array(secret.utf8))

@@ -210,11 +210,7 @@ public final class DestinationSession {
     }
 
     private func handleServiceIds(_ message: TunnelMessage, _ actions: inout [DestinationAction]) {
-        var ids: [String] = []
-        for raw in message.availableServiceIds {
-            let id = String(decoding: raw, as: UTF8.self)
-            if !id.isEmpty && !ids.contains(id) { ids.append(id) }
-        }
+        let ids = message.distinctServiceIds
         tunnelServices = ids
         // A single unnamed mapping serves a tunnel with a single service under that name.
         if services.count == 1 && services[0].mapping.serviceId.isEmpty {

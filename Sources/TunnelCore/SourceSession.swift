@@ -127,11 +127,7 @@ public final class SourceSession {
     /// unnamed `-s PORT` serves a single-service (or service-less) tunnel, and a tunnel service
     /// without a port gets a free one (logged).
     private func handleServiceIds(_ message: TunnelMessage, _ actions: inout [SourceAction]) {
-        var ids: [String] = []
-        for raw in message.availableServiceIds {
-            let id = String(decoding: raw, as: UTF8.self)
-            if !id.isEmpty && !ids.contains(id) { ids.append(id) }
-        }
+        let ids = message.distinctServiceIds
         if !services.isEmpty {
             // Already listening (the service may repeat SERVICE_IDS): nothing new to set up.
             return

@@ -85,6 +85,16 @@ public struct TunnelMessage {
         self.connectionId = connectionId
     }
 
+    /// The service ids of a SERVICE_IDS message, without empty or repeated entries.
+    public var distinctServiceIds: [String] {
+        var ids: [String] = []
+        for raw in availableServiceIds {
+            let id = String(decoding: raw, as: UTF8.self)
+            if !id.isEmpty && !ids.contains(id) { ids.append(id) }
+        }
+        return ids
+    }
+
     static func fieldName(_ field: UInt64) -> String {
         switch field {
         case Field.type: return "type"

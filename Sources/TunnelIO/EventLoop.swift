@@ -18,7 +18,8 @@ public struct UVError: Error, Equatable, CustomStringConvertible {
     public static let endOfFile = Int32(UV_EOF.rawValue)
 }
 
-func cString(_ p: UnsafePointer<CChar>?) -> String {
+/// A Swift string from a NUL-terminated C string (nil gives "").
+public func cString(_ p: UnsafePointer<CChar>?) -> String {
     guard let p else { return "" }
     var bytes: [UInt8] = []
     var i = 0

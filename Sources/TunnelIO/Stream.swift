@@ -91,11 +91,11 @@ public final class Stream: Handle {
 
     /// Connects a TCP stream; `completion` gets nil on success.
     public func connect(to address: SocketAddress, _ completion: @escaping (UVError?) -> Void) {
-        let request = ConnectRequest(owner: self)
+        let request = connectRequest()
         connectCallback = completion
         let status = address.withSockaddr { a in
-            uv_tcp_connect(request.request, storage.assumingMemoryBound(to: uv_tcp_t.self), a) { req, status in
-                ConnectRequest.complete(req, status)
+            uv_tcp_connect(request.request(uv_connect_t.self), storage.assumingMemoryBound(to: uv_tcp_t.self), a) { req, status in
+                PendingRequest.complete(UnsafeMutableRawPointer(req), status)
             }
         }
         if status != 0 {
@@ -107,16 +107,24 @@ public final class Stream: Handle {
 
     /// Connects a Unix-domain socket stream.
     public func connect(toPath path: String, _ completion: @escaping (UVError?) -> Void) {
-        let request = ConnectRequest(owner: self)
+        let request = connectRequest()
         connectCallback = completion
         withCString(path) { p in
-            uv_pipe_connect(request.request, storage.assumingMemoryBound(to: uv_pipe_t.self), p) { req, status in
-                ConnectRequest.complete(req, status)
+            uv_pipe_connect(request.request(uv_connect_t.self), storage.assumingMemoryBound(to: uv_pipe_t.self), p) { req, status in
+                PendingRequest.complete(UnsafeMutableRawPointer(req), status)
             }
         }
     }
 
-    fileprivate func connectFinished(_ status: Int32) {
+    /// A connect request whose result reaches `connectCallback`, unless the stream was closed
+    /// meanwhile (libuv then reports a cancellation nobody is waiting for).
+    private func connectRequest() -> PendingRequest {
+        PendingRequest(uv_connect_t.self, owner: self) { [self] status in
+            if !isClosing || status == 0 { connectFinished(status) }
+        }
+    }
+
+    private func connectFinished(_ status: Int32) {
         let callback = connectCallback
         connectCallback = nil
         callback?(status == 0 ? nil : UVError(status, "connecting"))
@@ -168,7 +176,10 @@ public final class Stream: Handle {
     /// valid until `completion` runs.
     public func write(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                       _ completion: @escaping (UVError?) -> Void) {
-        let request = WriteRequest(owner: self, completion: completion)
+        let request = PendingRequest(uv_write_t.self, owner: self) { [self] status in
+            pendingWrites -= 1
+            completion(status == 0 ? nil : UVError(status, "writing"))
+        }
         var buffers = (
             uv_buf_init(UnsafeMutablePointer(mutating: first.baseAddress?.assumingMemoryBound(to: CChar.self)), UInt32(first.count)),
             uv_buf_init(UnsafeMutablePointer(mutating: second.baseAddress?.assumingMemoryBound(to: CChar.self)), UInt32(second.count))
@@ -177,8 +188,8 @@ public final class Stream: Handle {
         pendingWrites += 1
         let status = withUnsafeMutablePointer(to: &buffers) { tuple in
             tuple.withMemoryRebound(to: uv_buf_t.self, capacity: 2) { bufs in
-                uv_write(request.request, stream, bufs, count) { req, status in
-                    WriteRequest.complete(req, status)
+                uv_write(request.request(uv_write_t.self), stream, bufs, count) { req, status in
+                    PendingRequest.complete(UnsafeMutableRawPointer(req), status)
                 }
             }
         }
@@ -189,13 +200,13 @@ public final class Stream: Handle {
         }
     }
 
-    fileprivate func writeFinished() { pendingWrites -= 1 }
-
     /// Half-closes: sends FIN after pending writes. `completion` runs when done.
     public func shutdown(_ completion: @escaping (UVError?) -> Void) {
-        let request = ShutdownRequest(owner: self, completion: completion)
-        let status = uv_shutdown(request.request, stream) { req, status in
-            ShutdownRequest.complete(req, status)
+        let request = PendingRequest(uv_shutdown_t.self, owner: self) { status in
+            completion(status == 0 ? nil : UVError(status, "shutting down"))
+        }
+        let status = uv_shutdown(request.request(uv_shutdown_t.self), stream) { req, status in
+            PendingRequest.complete(UnsafeMutableRawPointer(req), status)
         }
         if status != 0 {
             request.release()
@@ -207,82 +218,36 @@ public final class Stream: Handle {
     public var queuedWriteBytes: Int { uv_stream_get_write_queue_size(stream) }
 }
 
-/// libuv requests keep their Swift owner (and its stream) alive until their callback ran.
-final class ConnectRequest {
-    let request: UnsafeMutablePointer<uv_connect_t>
+/// A libuv request (connect, write, shutdown) in flight. It keeps its stream alive until
+/// libuv calls back, then runs `completion` with libuv's status and frees itself. Every request
+/// type starts with the same fields (`data` first), so one wrapper serves them all.
+final class PendingRequest {
+    let memory: UnsafeMutableRawPointer
     let owner: Stream
+    let completion: (Int32) -> Void
 
-    init(owner: Stream) {
-        self.owner = owner
-        request = .allocate(capacity: 1)
-        request.pointee.data = Unmanaged.passRetained(self).toOpaque()
-    }
-
-    func release() {
-        Unmanaged<ConnectRequest>.fromOpaque(request.pointee.data!).release()
-    }
-
-    static func complete(_ req: UnsafeMutablePointer<uv_connect_t>?, _ status: Int32) {
-        let unmanaged = Unmanaged<ConnectRequest>.fromOpaque(req!.pointee.data!)
-        let me = unmanaged.takeUnretainedValue()
-        if !me.owner.isClosing || status == 0 { me.owner.connectFinished(status) }
-        unmanaged.release()
-    }
-
-    deinit { request.deallocate() }
-}
-
-final class WriteRequest {
-    let request: UnsafeMutablePointer<uv_write_t>
-    let owner: Stream
-    let completion: (UVError?) -> Void
-
-    init(owner: Stream, completion: @escaping (UVError?) -> Void) {
+    init<Request>(_ type: Request.Type, owner: Stream, completion: @escaping (Int32) -> Void) {
+        memory = .allocate(byteCount: MemoryLayout<Request>.size, alignment: 16)
+        memory.initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<Request>.size)
         self.owner = owner
         self.completion = completion
-        request = .allocate(capacity: 1)
-        request.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        memory.assumingMemoryBound(to: uv_req_t.self).pointee.data = Unmanaged.passRetained(self).toOpaque()
     }
 
+    func request<Request>(_ type: Request.Type) -> UnsafeMutablePointer<Request> { memory.assumingMemoryBound(to: Request.self) }
+
+    /// Drops the reference taken for libuv when the request could not be started.
     func release() {
-        Unmanaged<WriteRequest>.fromOpaque(request.pointee.data!).release()
+        Unmanaged<PendingRequest>.fromOpaque(memory.assumingMemoryBound(to: uv_req_t.self).pointee.data!).release()
     }
 
-    static func complete(_ req: UnsafeMutablePointer<uv_write_t>?, _ status: Int32) {
-        let unmanaged = Unmanaged<WriteRequest>.fromOpaque(req!.pointee.data!)
-        let me = unmanaged.takeUnretainedValue()
-        me.owner.writeFinished()
-        me.completion(status == 0 ? nil : UVError(status, "writing"))
+    static func complete(_ request: UnsafeMutableRawPointer?, _ status: Int32) {
+        let unmanaged = Unmanaged<PendingRequest>.fromOpaque(request!.assumingMemoryBound(to: uv_req_t.self).pointee.data!)
+        unmanaged.takeUnretainedValue().completion(status)
         unmanaged.release()
     }
 
-    deinit { request.deallocate() }
-}
-
-final class ShutdownRequest {
-    let request: UnsafeMutablePointer<uv_shutdown_t>
-    let owner: Stream
-    let completion: (UVError?) -> Void
-
-    init(owner: Stream, completion: @escaping (UVError?) -> Void) {
-        self.owner = owner
-        self.completion = completion
-        request = .allocate(capacity: 1)
-        request.pointee.data = Unmanaged.passRetained(self).toOpaque()
-    }
-
-    func release() {
-        Unmanaged<ShutdownRequest>.fromOpaque(request.pointee.data!).release()
-    }
-
-    static func complete(_ req: UnsafeMutablePointer<uv_shutdown_t>?, _ status: Int32) {
-        let unmanaged = Unmanaged<ShutdownRequest>.fromOpaque(req!.pointee.data!)
-        let me = unmanaged.takeUnretainedValue()
-        me.completion(status == 0 ? nil : UVError(status, "shutting down"))
-        unmanaged.release()
-    }
-
-    deinit { request.deallocate() }
+    deinit { memory.deallocate() }
 }
 
 /// A listening TCP socket.
