@@ -8,6 +8,8 @@ protocol LocalLinkOwner: AnyObject {
     func linkRetryDue(_ link: LocalLink)
     /// The local side ended (EOF or error) and every byte read from it has gone to the tunnel.
     func linkEnded(_ link: LocalLink)
+    /// A write to the local side failed after its reading side had ended: it is fully gone.
+    func linkBroken(_ link: LocalLink)
     func linkClosed(_ link: LocalLink)
     /// The link's queue toward the local socket passed the high-water mark (true) or drained
     /// below the low-water mark (false).
@@ -170,7 +172,11 @@ final class LocalLink {
             if let error {
                 logger.debug("writing to local connection \(id) failed: \(error)")
                 toLocal.removeAll()
-                readFailed()
+                if readEnded && state == .open {
+                    owner?.linkBroken(self)
+                } else {
+                    readFailed()
+                }
                 if state == .closing { finishClosing() }
                 return
             }

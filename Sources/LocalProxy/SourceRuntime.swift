@@ -145,6 +145,18 @@ public final class SourceRuntime: TunnelRuntime {
         restartLinger(timer, link.id)
     }
 
+    /// A half-closed client that also stopped reading: no answer can reach it, so the linger
+    /// ends now.
+    override func linkBroken(_ link: LocalLink) {
+        lingering[link.id]?.close()
+        lingering[link.id] = nil
+        guard let s = session else {
+            link.closeAfterFlush()
+            return
+        }
+        perform { s.localClosed(link.id, into: &$0) }
+    }
+
     override func linkClosed(_ link: LocalLink) {
         lingering[link.id]?.close()
         lingering[link.id] = nil

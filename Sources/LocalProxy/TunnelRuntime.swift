@@ -134,8 +134,12 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         }
         switch reason {
         case .closedByService(let code, let text):
+            // A normal close (1000, or no code) is the tunnel's end: CloseTunnel or expiry. Any
+            // other code (the emulator uses 1008 for a rotated token) may be followed by a new
+            // token, so with a token file it is worth waiting for one.
             let what = "the service closed the tunnel connection (code \(code.map { String($0) } ?? "none")\(text.isEmpty ? "" : ", \(text)"))"
-            if waitForNewToken(what, rejected: false) { return }
+            let normal = code == nil || code == WebSocketCloseCode.normal
+            if !normal && waitForNewToken(what, rejected: false) { return }
             logger.info("tunnel closed by the service (code \(code.map { String($0) } ?? "none")\(text.isEmpty ? "" : ", \(text)")): exiting")
             finish(ExitCode.normal)
         case .rejected(let status, let phrase, let body) where status >= 400 && status < 500:
@@ -236,6 +240,8 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     func linkConnectFailed(_ link: LocalLink, reason: String) { link.closeAfterFlush() }
     func linkRetryDue(_ link: LocalLink) {}
     func linkEnded(_ link: LocalLink) { link.closeAfterFlush() }
+    /// Writing to the local side failed: the local peer is gone in both directions.
+    func linkBroken(_ link: LocalLink) { linkEnded(link) }
     func dataHeader(for link: LocalLink) -> TunnelMessage? { nil }
 
     func linkClosed(_ link: LocalLink) {
