@@ -36,11 +36,18 @@ all: build
 deps: deps-apt venv
 
 # Installs only what is missing, so repeated runs are quick and need no network.
+# A package counts as present for the native architecture (with arm64/armhf added for cross
+# builds, a bare name is ambiguous to dpkg). An index that fails to download (a mirror in sync)
+# does not stop the install: the install itself fails if a package really cannot be had.
 deps-apt:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@arch=$$(dpkg --print-architecture); missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p:$$arch >/dev/null 2>&1 || dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  apt-get update -qq || echo "apt-get update reported errors; installing with the indexes it has"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
 venv: $(VENV)/.installed
