@@ -2,7 +2,8 @@
 #   make deps      install Debian packages and the Python test peers (.venv/)
 #   make build     host build (full Swift, SwiftPM)
 #   make test      Swift tests + Python peer tests (installs deps first when missing)
-#   make embedded  build the device modules in Embedded Swift (x86_64)
+#   make embedded  the device binary in Embedded Swift: ARCH=x86_64|aarch64|armv7 LINK=dynamic|static|fullstatic
+#   make cross     both ARM device binaries (make deps-cross installs the cross packages)
 #   make demo      the whole tunnel on this machine: emulator, AWS CLI, both proxies, SSH
 
 SHELL        := /bin/bash
@@ -15,21 +16,61 @@ PY           := $(VENV)/bin/python
 APT_PACKAGES := libuv1-dev libmbedtls-dev openssl openssh-server openssh-client
 PEERS        := Tests/Peers
 
-# Embedded build (device modules). ARCH is fixed to x86_64 until the cross-compilation work lands.
+# Embedded build of the device binary.
+#   ARCH = x86_64 | aarch64 | armv7      LINK = dynamic | static | fullstatic
+# static (default): libuv and mbedTLS linked in, glibc dynamic; fullstatic: everything static.
+# There is no Embedded stdlib for *-linux-gnu ARM triples: ARM builds use the bare-metal triples
+# with the Linux headers given to the C importer (design/BUILD.md), and clang links for Linux.
 ARCH         ?= x86_64
-EMB_DIR      := .build-embedded/$(ARCH)
-EMB_TARGET   := x86_64-unknown-linux-gnu
+LINK         ?= static
+EMB_DIR      := .build-embedded/$(ARCH)-$(LINK)
+LINUX_DEFS   := -Xcc -D__linux__ -Xcc -D__linux -Xcc -Dlinux -Xcc -D__gnu_linux__ -Xcc -D__unix__ -Xcc -D__unix -Xcc -Dunix
+XINC         := .build-embedded/include
+ifeq ($(ARCH),x86_64)
+  EMB_TARGET := x86_64-unknown-linux-gnu
+  GNU_TRIPLE := x86_64-linux-gnu
+  EMB_XFLAGS :=
+  LINK_ARCH  := --target=x86_64-linux-gnu
+  RUNNER     :=
+else ifeq ($(ARCH),aarch64)
+  EMB_TARGET := aarch64-none-none-elf
+  GNU_TRIPLE := aarch64-linux-gnu
+  EMB_XFLAGS := $(LINUX_DEFS) -Xcc -isystem -Xcc /usr/$(GNU_TRIPLE)/include -Xcc -isystem -Xcc $(XINC)
+  LINK_ARCH  := --target=aarch64-linux-gnu
+  RUNNER     := qemu-aarch64-static -cpu cortex-a53 -L /usr/$(GNU_TRIPLE)
+else ifeq ($(ARCH),armv7)
+  EMB_TARGET := armv7-none-none-eabi
+  GNU_TRIPLE := arm-linux-gnueabihf
+  EMB_XFLAGS := -Xcc -mfloat-abi=hard -Xcc -mfpu=vfpv3-d16 $(LINUX_DEFS) -Xcc -isystem -Xcc /usr/$(GNU_TRIPLE)/include -Xcc -isystem -Xcc $(XINC)
+  LINK_ARCH  := --target=arm-linux-gnueabihf -march=armv7-a -mfpu=vfpv3-d16 -mfloat-abi=hard
+  RUNNER     := qemu-arm-static -cpu cortex-a7 -L /usr/$(GNU_TRIPLE)
+else
+  $(error ARCH must be x86_64, aarch64 or armv7)
+endif
+ifeq ($(LINK),dynamic)
+  EMB_CLIBS  := -luv -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -ldl -lm
+  LINK_MODE  :=
+else ifeq ($(LINK),static)
+  EMB_CLIBS  := -l:libuv_a.a -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a -lpthread -ldl -lm
+  LINK_MODE  :=
+else ifeq ($(LINK),fullstatic)
+  EMB_CLIBS  := -l:libuv_a.a -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a -lpthread -ldl -lm
+  LINK_MODE  := -static
+else
+  $(error LINK must be dynamic, static or fullstatic)
+endif
 EMB_FLAGS    := -target $(EMB_TARGET) -enable-experimental-feature Embedded -wmo -Osize -parse-as-library \
-                -I Sources/CLibUV -I Sources/CMbedTLS -I $(EMB_DIR)
-EMB_LINK     := clang --target=x86_64-linux-gnu -fuse-ld=lld -Wl,--gc-sections
+                $(EMB_XFLAGS) -I Sources/CLibUV -I Sources/CMbedTLS -I $(EMB_DIR)
+EMB_LINK     := clang $(LINK_ARCH) -fuse-ld=lld -Wl,--gc-sections $(LINK_MODE)
 EMB_LIBS     := $(TC)/usr/lib/swift/embedded/$(EMB_TARGET)/libswiftUnicodeDataTables.a \
-                -L/usr/lib/x86_64-linux-gnu -l:libuv_a.a -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a \
-                -lpthread -ldl -lm
+                -L/usr/lib/$(GNU_TRIPLE) $(EMB_CLIBS)
 # Device modules in dependency order; each later one may import the earlier ones.
 DEVICE_MODULES := TunnelCore TunnelTLS TunnelIO LocalProxy
 EMB_OBJECTS    := $(addprefix $(EMB_DIR)/,$(addsuffix .o,$(DEVICE_MODULES)))
+CROSS_PACKAGES := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
+                  libuv1-dev:arm64 libuv1-dev:armhf libmbedtls-dev:arm64 libmbedtls-dev:armhf qemu-user-static
 
-.PHONY: all deps deps-apt venv build test test-swift test-peers embedded demo clean
+.PHONY: all deps deps-apt deps-cross venv build test test-swift test-peers embedded cross test-cross demo clean
 
 all: build
 
@@ -83,24 +124,53 @@ test-peers: deps
 	$(PEER_ENV) $(VENV)/bin/pytest -q $(PEERS)
 
 # Every module the device binary links, compiled in Embedded Swift, so that the Embedded subset
-# (typed throws, no existentials of non-class protocols, no reflection...) is enforced on each commit.
+# (typed throws, no existentials of non-class protocols, no reflection...) is enforced on each
+# commit; then the device binary (with a stripped copy) and the byte-vector self-test, both run
+# (under qemu-user for ARM).
 embedded: deps-apt
-	@mkdir -p $(EMB_DIR)
+	@mkdir -p $(EMB_DIR) $(XINC)
+	@# Only these headers of /usr/include are shown to ARM builds, so host glibc headers stay out.
+	@for h in uv.h uv mbedtls psa; do ln -sfn /usr/include/$$h $(XINC)/$$h; done
 	@for m in $(DEVICE_MODULES); do \
 	  echo "embedded $(ARCH): $$m"; \
 	  $(SWIFTC) $(EMB_FLAGS) -module-name $$m -emit-module -emit-module-path $(EMB_DIR)/$$m.swiftmodule \
 	    Sources/$$m/*.swift -c -o $(EMB_DIR)/$$m.o || exit 1; \
 	done
-	@echo "embedded $(ARCH): localproxy (link)"
+	@echo "embedded $(ARCH): localproxy (link $(LINK))"
 	@$(SWIFTC) $(EMB_FLAGS) -module-name localproxy Sources/localproxy/*.swift -c -o $(EMB_DIR)/localproxy-main.o
 	@$(TC)/usr/bin/$(EMB_LINK) $(EMB_DIR)/localproxy-main.o $(EMB_OBJECTS) $(EMB_LIBS) -o $(EMB_DIR)/localproxy
-	@cp $(EMB_DIR)/localproxy $(EMB_DIR)/localproxy.stripped && strip $(EMB_DIR)/localproxy.stripped
-	@$(EMB_DIR)/localproxy --version
+	@$(TC)/usr/bin/llvm-objcopy --strip-all $(EMB_DIR)/localproxy $(EMB_DIR)/localproxy.stripped
+	@$(RUNNER) $(EMB_DIR)/localproxy --version
 	@ls -l $(EMB_DIR)/localproxy $(EMB_DIR)/localproxy.stripped
 	@echo "embedded $(ARCH): core-selftest (link and run)"
 	@$(SWIFTC) $(EMB_FLAGS) -module-name core_selftest Sources/core-selftest/*.swift -c -o $(EMB_DIR)/core-selftest.o
 	@$(TC)/usr/bin/$(EMB_LINK) $(EMB_DIR)/core-selftest.o $(EMB_OBJECTS) $(EMB_LIBS) -o $(EMB_DIR)/core-selftest
-	@$(EMB_DIR)/core-selftest
+	@$(RUNNER) $(EMB_DIR)/core-selftest
+
+# Debian's cross toolchains, ARM builds of libuv and mbedTLS (multiarch), and qemu-user.
+deps-cross: deps-apt
+	@dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
+	@dpkg --print-foreign-architectures | grep -qx armhf || dpkg --add-architecture armhf
+	@missing=""; for p in $(CROSS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing cross packages:$$missing"; \
+	  apt-get update -qq || echo "apt-get update reported errors; installing with the indexes it has"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# Both ARM device binaries in the default link mode.
+cross: deps-cross
+	$(MAKE) embedded ARCH=aarch64
+	$(MAKE) embedded ARCH=armv7
+
+# The ARM device binaries as the destination proxy of the end-to-end tests, under qemu-user:
+# V3 connections, transfers with equal sha256, reconnects and a slow local consumer.
+CROSS_TESTS := simultaneous_v3 or big_transfer or dropping_tcp or slow_local_consumer or close_frame_from_service or signal_closes
+test-cross: cross venv
+	for arch in aarch64 armv7; do \
+	  LP_CROSS_ARCH=$$arch LOCALPROXY=$(CURDIR)/scripts/qemu-localproxy LP_E2E_BIG_MIB=32 \
+	    $(VENV)/bin/pytest -q $(PEERS)/test_destination.py -k "$(CROSS_TESTS)" || exit 1; \
+	done
 
 # The main job: a whole tunnel on this machine (emulator, AWS CLI, both proxies, SSH).
 demo: deps
