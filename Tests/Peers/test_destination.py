@@ -366,13 +366,15 @@ def test_service_selftest_session_with_websockets_client(pb, tunnel_certs):
                 await peer.expect(pb.Message.CONNECTION_RESET, streamId=5, serviceId="HTTP", connectionId=2)
                 assert await peer.ping(b"abc") >= 0
                 assert service.violations == []
-                # A destination may not send STREAM_START: the service records it.
+                # A destination may not send STREAM_START: the service records it and, as the
+                # real service does (PROTOCOL.md 14.4), disconnects the client with 1008.
                 bad = pb.Message(type=pb.Message.STREAM_START, streamId=1, serviceId="SSH", connectionId=1)
                 await ws.send(frame_message(bad.SerializeToString()))
                 await service.wait_until(lambda: service.violations, WAIT, "a violation")
                 assert "STREAM_START" in service.violations[0]
-            await peer.wait_closed()
-            assert peer.close_received[0] == 1000
+                await peer.wait_closed()
+                await asyncio.wait_for(ws.wait_closed(), WAIT)
+                assert ws.close_code == 1008 and "STREAM_START" in ws.close_reason, (ws.close_code, ws.close_reason)
             hs = service.handshakes[0]
             assert (hs.path, hs.query, hs.status, hs.client_token) == ("/tunnel", {"local-proxy-mode": ["destination"]}, 101, "a" * 32)
 

@@ -2,8 +2,11 @@
 
 `TunnelService` is a TLS WebSocket server that admits one destination client at a time the
 way the service does (PROTOCOL.md sections 3, 10.1 and 14): it checks the request, records
-every handshake, emulates single-use access tokens bound to a client token, answers with the
-`aws.iot.securetunneling-3.0` subprotocol and a `channel-id`, and sends SERVICE_IDS first.
+every handshake, takes the access token from the `access-token` header or the
+`awsiot-tunnel-token` cookie, emulates single-use access tokens bound to a client token (a
+newer connection with the bound client token displaces the live one), answers with the
+highest tunnel subprotocol the client offered and a `channel-id`, and sends SERVICE_IDS first
+(to V2 and V3 clients).
 
 Each accepted WebSocket becomes a `SourcePeer`, through which a test plays the source side of
 the tunnel: it sends tunnel messages in V1, V2 or V3 format with a chosen WebSocket framing
@@ -14,7 +17,10 @@ messages.
 
 Anything the destination does that the real service would refuse (wrong request, a message
 type a destination may not send, an oversized frame or payload, a text frame) is recorded in
-`TunnelService.violations`; tests assert that list is empty.
+`TunnelService.violations`; tests assert that list is empty. Breaches the service answers by
+disconnecting (text frames, frames over 131,076 bytes, STREAM_START / CONNECTION_START from a
+destination, SESSION_RESET / SERVICE_IDS from any client: sections 4, 6.2 and 14.4) also close
+the WebSocket, with 1003, 1009 and 1008 respectively, before any later frame is answered.
 """
 
 from __future__ import annotations
@@ -33,13 +39,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import serve
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, ProtocolError
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from local_services import Waitable
 
 SUBPROTOCOL = "aws.iot.securetunneling-3.0"
+SUBPROTOCOL_V2 = "aws.iot.securetunneling-2.0"
+SUBPROTOCOL_V1 = "aws.iot.securetunneling-1.0"
+# The tunnel subprotocols the service accepts, most preferred (highest) first; the 101 echoes
+# the first of these the client offered (PROTOCOL.md sections 3.1, 3.2 and 14.1).
+SUBPROTOCOLS = (SUBPROTOCOL, SUBPROTOCOL_V2, SUBPROTOCOL_V1)
+# The cookie a client may carry the access token in instead of the header (section 3.1).
+TOKEN_COOKIE = "awsiot-tunnel-token"
 # The service neither sends nor accepts WebSocket frames with more payload than this
 # (PROTOCOL.md section 4), and never puts more than this into one DATA payload (section 5).
 MAX_WS_FRAME = 131_076
@@ -50,8 +65,17 @@ INVALID_CLIENT_TOKEN_MESSAGE = (
     "Invalid client token: The provided client token does not match the client token that was previously set."
 )
 CLIENT_TOKEN_RE = re.compile(r"[A-Za-z0-9-]{32,128}")
+# How the service closes a connection whose client token was bound and used again: the newer
+# connection takes the tunnel's slot (sections 10.1 and 14.2). Same code and reason as the
+# emulator (DataPlaneClose.replaced).
+REPLACED_CODE = 1000
+REPLACED_REASON = "replaced by a newer connection"
 # Messages the service lets a destination send (PROTOCOL.md section 8.5).
 DESTINATION_TYPES = {"DATA", "STREAM_RESET", "CONNECTION_RESET"}
+# Type numbers (section 6) of the messages the service disconnects a destination for sending
+# (sections 6.2 and 14.4): the source-only STREAM_START and CONNECTION_START, and the
+# service-only SESSION_RESET and SERVICE_IDS.
+REFUSED_FROM_DESTINATION = {2: "STREAM_START", 6: "CONNECTION_START", 4: "SESSION_RESET", 5: "SERVICE_IDS"}
 
 # Default time a test waits for anything the proxy should do promptly. The machines running
 # these tests are small and busy, so this is generous: it only bounds how long a hang takes
@@ -197,10 +221,30 @@ class Handshake:
     def values(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k.lower() == name.lower()]
 
+    def cookies(self, name: str) -> list[str]:
+        """Values of the cookie `name` across all Cookie headers (`a=1; b=2` lists, RFC 6265)."""
+        found = []
+        for header in self.values("Cookie"):
+            for pair in header.split(";"):
+                key, eq, value = pair.strip().partition("=")
+                if not eq or key != name:
+                    continue
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                if value:
+                    found.append(value)
+        return found
+
+    @property
+    def tokens(self) -> list[str]:
+        """Every access token the request carries: non-empty `access-token` headers, then
+        `awsiot-tunnel-token` cookies. The service wants exactly one in total."""
+        return [v for v in self.values("access-token") if v] + self.cookies(TOKEN_COOKIE)
+
     @property
     def access_token(self) -> str | None:
-        values = self.values("access-token")
-        return values[0] if len(values) == 1 else None
+        tokens = self.tokens
+        return tokens[0] if len(tokens) == 1 else None
 
     @property
     def client_token(self) -> str | None:
@@ -215,35 +259,147 @@ class Handshake:
         return offered
 
 
-class _FrameCheck(logging.Handler):
-    """Watches the frames the destination sends, as websockets logs them at DEBUG level.
+class _FrameCheck:
+    """Counts the frames the destination sends, for tests that look at its framing and pings.
 
-    The service would drop a client that sends frames over 131,076 bytes or text frames;
-    websockets reassembles messages before the test sees them, so frames are checked here.
+    `_CheckedProtocol` calls `saw` for every frame it parses, before acting on it. The rules
+    about frames (no text frames, none over 131,076 bytes) are enforced there.
     """
 
-    def __init__(self, record_violation, on_ping):
-        super().__init__(logging.DEBUG)
-        self.record_violation = record_violation
+    def __init__(self, on_ping):
         self.on_ping = on_ping
         self.frames = 0
         self.largest = 0
         self.pings = 0
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg != "< %s" or not record.args or not isinstance(record.args[0], Frame):
-            return
-        frame = record.args[0]
+    def saw(self, frame: Frame) -> None:
         self.frames += 1
         self.largest = max(self.largest, len(frame.data))
-        if len(frame.data) > MAX_WS_FRAME:
-            self.record_violation(f"destination sent a {len(frame.data)}-byte frame (limit {MAX_WS_FRAME})")
-        if frame.opcode is Opcode.TEXT:
-            self.record_violation("destination sent a text frame")
         if frame.opcode is Opcode.PING:
             # websockets answers pings itself; they are only counted, to check keepalives.
             self.pings += 1
             self.on_ping()
+
+
+def _varint(data, pos: int) -> tuple[int, int]:
+    """A base-128 varint at `pos`: (value, position after it). IndexError if it runs off the end."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def _message_type(body) -> int | None:
+    """The `type` field (1) of protobuf bytes, without decoding (or copying) anything else.
+
+    Fields may come in any order and a repeated scalar field counts by its last value
+    (section 6.1); None when the bytes do not parse, which `SourcePeer` reports on its own.
+    """
+    mtype, pos, end = 0, 0, len(body)
+    try:
+        while pos < end:
+            key, pos = _varint(body, pos)
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = _varint(body, pos)
+                if field == 1:
+                    mtype = value
+            elif wire == 2:
+                length, pos = _varint(body, pos)
+                pos += length
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            else:
+                return None
+    except (IndexError, ValueError):
+        return None
+    return mtype if pos == end else None
+
+
+class _CheckedProtocol(ServerProtocol):
+    """websockets' server protocol with the service's rules for what a client sends.
+
+    A text frame (1003), a frame over 131,076 bytes (1009) or a tunnel message of a type a
+    destination may not send (1008) fails the connection at once: the close frame goes out and
+    nothing received after the offending frame is processed, so a ping that follows it is not
+    answered and the offending frame never reaches the application. Every breach is also
+    recorded as a violation, since a destination under test must never commit one.
+
+    Frames are checked here, in the sans-I/O layer, rather than in the session's reader,
+    because websockets answers pings as it parses: a check made after reassembly would come
+    too late to refuse what follows in the same read.
+    """
+
+    service: "TunnelService"
+    breach: tuple[int, str] | None
+    carry: bytes
+
+    @classmethod
+    def adopt(cls, protocol: ServerProtocol, service: "TunnelService") -> "_CheckedProtocol":
+        # websockets' serve() builds a plain ServerProtocol and offers no hook to choose the
+        # class; this subclass only overrides methods and adds plain attributes, so switching
+        # the class of the new instance is safe.
+        protocol.__class__ = cls
+        protocol.service = service
+        protocol.breach = None
+        protocol.carry = b""  # tunnel bytes of a message that continues in a later frame
+        return protocol
+
+    def recv_frame(self, frame: Frame) -> None:
+        self.service.frame_check.saw(frame)
+        breach = self._breach(frame)
+        if breach is not None:
+            self.service.record_violation(breach[1])
+            self.breach = breach
+            # parse() answers a ProtocolError by failing the connection and stops parsing;
+            # fail() below puts this breach's code and reason into the close frame.
+            raise ProtocolError(breach[1])
+        super().recv_frame(frame)
+
+    def fail(self, code: int, reason: str = "") -> None:
+        if self.breach is not None:
+            code, reason = self.breach
+            self.breach = None
+        elif code == CloseCode.MESSAGE_TOO_BIG:
+            # websockets refuses a frame over the limit given to serve() before reading it.
+            self.service.record_violation(f"destination sent an oversized frame: {reason}")
+        super().fail(code, reason)
+
+    def _breach(self, frame: Frame) -> tuple[int, str] | None:
+        if frame.opcode is Opcode.TEXT:
+            return (CloseCode.UNSUPPORTED_DATA, "destination sent a text frame")
+        if len(frame.data) > MAX_WS_FRAME:
+            # Unreachable while serve() caps frames at MAX_WS_FRAME (see `fail`); kept so the
+            # rule still holds if that cap is ever raised.
+            return (CloseCode.MESSAGE_TOO_BIG, f"destination sent a {len(frame.data)}-byte frame (limit {MAX_WS_FRAME})")
+        if frame.opcode in (Opcode.BINARY, Opcode.CONT):
+            return self._scan(frame.data)
+        return None
+
+    def _scan(self, chunk: bytes) -> tuple[int, str] | None:
+        """Follows the tunnel byte stream across frames and checks each message's type."""
+        data = self.carry + chunk if self.carry else chunk
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while end - pos >= 2:
+            length = (data[pos] << 8) | data[pos + 1]
+            if end - pos - 2 < length:
+                break
+            name = REFUSED_FROM_DESTINATION.get(_message_type(view[pos + 2 : pos + 2 + length]))
+            if name is not None:
+                return (CloseCode.POLICY_VIOLATION, f"destination sent {name}, which only the "
+                        f"{'source' if name in ('STREAM_START', 'CONNECTION_START') else 'service'} may send")
+            pos += 2 + length
+        self.carry = bytes(view[pos:])
+        return None
 
 
 # --------------------------------------------------------------------------------------
@@ -334,6 +490,10 @@ class SourcePeer(Waitable):
             msg.connectionId = connection_id
         msg.availableServiceIds.extend(ids)
         return msg
+
+    def service_ids(self, ids):
+        """SERVICE_IDS as the service sends it: the type and the list, nothing else (section 6.1)."""
+        return self.pb.Message(type=self.pb.Message.SERVICE_IDS, availableServiceIds=list(ids))
 
     def key(self, stream_id: int, connection_id: int = 1, service_id: str | None = None,
             version: int | None = None) -> Key:
@@ -442,10 +602,8 @@ class SourcePeer(Waitable):
 
     async def _run(self) -> None:
         try:
+            # Text frames never get here: _CheckedProtocol closes the connection on the first.
             async for message in self.ws:
-                if isinstance(message, str):
-                    self.service.record_violation("destination sent a text message")
-                    continue
                 self._feed(message)
                 self._notify()
                 if self._read_rate is not None:
@@ -622,6 +780,10 @@ class TunnelService(Waitable):
       server_cert: "good", "other-ca" (signed by the unrelated CA) or "wrong-name" (the right CA,
         another host name).
     `reject_next` (a deque of (status, body)) scripts rejections of the next handshakes.
+
+    Whatever `single_use` says, the client token of the first upgrade is bound to the token, and
+    an upgrade presenting it while an earlier connection is attached displaces that connection
+    (closed with 1000 "replaced by a newer connection").
     """
 
     def __init__(self, pb, certs: CertBundle, *, service_ids=("SSH",), access_token: str = "test-access-token",
@@ -649,11 +811,16 @@ class TunnelService(Waitable):
         self._token_used = False
         self._bound_client_token: str | None = None
         self._handlers: set[asyncio.Task] = set()
+        # Sessions whose handler is running, in order of upgrade (also before SERVICE_IDS is out).
+        self._attached: list[SourcePeer] = []
         self.logger = logging.getLogger(f"tunnel-service.{uuid.uuid4().hex}")
-        self.logger.setLevel(logging.DEBUG)
         self.logger.propagate = False
-        self.frame_check = _FrameCheck(self.record_violation, self._notify)
-        self.logger.addHandler(self.frame_check)
+        # Nothing websockets logs is wanted (frames are counted by _CheckedProtocol), and
+        # without a handler Python would print its warnings to stderr.
+        self.logger.setLevel(logging.WARNING)
+        self.logger.addHandler(logging.NullHandler())
+        self.frame_check = _FrameCheck(self._notify)
+        self._closers: set[asyncio.Task] = set()
 
     def record_violation(self, text: str) -> None:
         self.violations.append(text)
@@ -680,19 +847,24 @@ class TunnelService(Waitable):
             process_request=self._process_request,
             process_response=self._process_response,
             select_subprotocol=self._select_subprotocol,
+            create_connection=self._create_connection,
             logger=self.logger,
             compression=None,
             # The service does not originate pings (PROTOCOL.md section 14.5).
             ping_interval=None,
-            # Tunnel messages never need more than a frame, but a client may fragment; the
-            # frame limit itself is checked by _FrameCheck.
-            max_size=4 * MAX_WS_FRAME,
+            # (message, frame) limits: the tunnel byte stream is continuous, so a fragmented
+            # message may be of any size, but no frame may carry more than 131,076 bytes;
+            # websockets refuses a bigger one with 1009 before reading it (see _CheckedProtocol).
+            max_size=(None, MAX_WS_FRAME),
             open_timeout=30,
             close_timeout=5,
         )
         self.server = await self._serve.__aenter__()
         self.port = self.server.sockets[0].getsockname()[1]
         return self
+
+    def _create_connection(self, protocol: ServerProtocol, server, **kwargs) -> ServerConnection:
+        return ServerConnection(_CheckedProtocol.adopt(protocol, self), server, **kwargs)
 
     async def __aexit__(self, *exc_info):
         for peer in self.sessions:
@@ -716,28 +888,41 @@ class TunnelService(Waitable):
         self.handshakes.append(handshake)
         self._by_connection[connection.id] = handshake
         token = self.access_token
-        # The token must travel only in its header: not in the URL, not in another header.
+        # The token must travel only where section 3.1 puts it (the access-token header or the
+        # awsiot-tunnel-token cookie): not in the URL, not in any other header or cookie.
         if token in request.path:
             self.record_violation("access token appears in the request target")
         for name, value in handshake.headers:
-            if name.lower() != "access-token" and token in value:
+            if name.lower() == "access-token":
+                continue
+            if name.lower() == "cookie":
+                value = ";".join(pair for pair in value.split(";") if pair.strip().partition("=")[0] != TOKEN_COOKIE)
+            if token in value:
                 self.record_violation(f"access token appears in header {name}")
+        # Request-shape rules first (all 400, as the emulator answers them), then whether the
+        # one token is valid (401).
         if split.path != "/tunnel":
             return self._reject(connection, handshake, 400, "Bad request: unknown path", f"path {split.path!r}")
         if handshake.query.get("local-proxy-mode") != ["destination"]:
             return self._reject(connection, handshake, 400, "Bad request: local-proxy-mode",
                                 f"query {split.query!r} does not say local-proxy-mode=destination")
-        tokens = handshake.values("access-token")
-        if tokens != [token]:
-            return self._reject(connection, handshake, 401, "Unauthorized: invalid access token",
-                                f"access-token headers {len(tokens)} value(s), expected exactly the configured token")
+        tokens = handshake.tokens
+        if len(tokens) != 1:
+            # Sections 3.1 and 14.1: exactly one token, as header or cookie.
+            return self._reject(connection, handshake, 400,
+                                "Invalid access token: exactly one access token (header access-token or "
+                                f"cookie {TOKEN_COOKIE}) must be provided, {len(tokens)} found",
+                                f"{len(tokens)} access tokens in the request, expected exactly one")
         client_tokens = handshake.values("client-token")
         if len(client_tokens) > 1 or (client_tokens and not CLIENT_TOKEN_RE.fullmatch(client_tokens[0])):
             return self._reject(connection, handshake, 400, "Invalid client token format",
                                 f"client-token headers {client_tokens!r}")
-        if SUBPROTOCOL not in handshake.subprotocols:
+        if self._choose_subprotocol(handshake.subprotocols) is None:
             return self._reject(connection, handshake, 400, "Bad request: unsupported protocol",
                                 f"subprotocols offered {handshake.subprotocols!r}")
+        if tokens[0] != token:
+            return self._reject(connection, handshake, 401, "Unauthorized: invalid access token",
+                                "the access token is not the configured one")
         if self.reject_next:
             status, body = self.reject_next.popleft()
             return self._reject(connection, handshake, status, body)
@@ -749,8 +934,13 @@ class TunnelService(Waitable):
                 return self._reject(connection, handshake, 400, INVALID_CLIENT_TOKEN_MESSAGE)
         return None
 
+    @staticmethod
+    def _choose_subprotocol(offered) -> str | None:
+        """The highest tunnel subprotocol among those offered, or None."""
+        return next((p for p in SUBPROTOCOLS if p in offered), None)
+
     def _select_subprotocol(self, connection, subprotocols):
-        return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
+        return self._choose_subprotocol(subprotocols)
 
     def _process_response(self, connection, request, response):
         handshake = self._by_connection.get(connection.id)
@@ -760,18 +950,41 @@ class TunnelService(Waitable):
         self._notify()
         return None
 
+    async def _displace(self, old: SourcePeer) -> None:
+        """Close `old` with 1000 "replaced by a newer connection", without waiting for its client.
+
+        The close handshake completes in the background (a client that is not reading could
+        hold it for the whole close timeout); this returns once the close frame is written, so
+        the old connection is closed before the new one gets anything.
+        """
+        closer = asyncio.create_task(old.close(REPLACED_CODE, REPLACED_REASON))
+        self._closers.add(closer)
+        closer.add_done_callback(self._closers.discard)
+        while old.ws.protocol.state is State.OPEN and not closer.done():
+            await asyncio.sleep(0)
+
     async def _handle(self, ws) -> None:
         handshake = self._by_connection.pop(ws.id)
+        # A connection presenting the client token bound to the access token takes the place
+        # of the one still attached with it (sections 10.1 and 14.2).
+        client_token = handshake.client_token
+        displaced = []
+        if self._token_used and client_token is not None and client_token == self._bound_client_token:
+            displaced = [old for old in self._attached if not old.closed]
         if not self._token_used:
             self._token_used = True
-            self._bound_client_token = handshake.client_token
+            self._bound_client_token = client_token
         peer = SourcePeer(self, ws, handshake, self.version, self.framing)
         task = asyncio.current_task()
         self._handlers.add(task)
+        self._attached.append(peer)
         try:
-            # SERVICE_IDS goes first, in a frame of its own, before the test can send anything.
-            await peer.send(peer.message(self.pb.Message.SERVICE_IDS, ids=self.service_ids, version=3),
-                            framing="message")
+            for old in displaced:
+                await self._displace(old)
+            # SERVICE_IDS goes first, in a frame of its own, before the test can send anything;
+            # a client that negotiated V1 would not understand it and gets none (section 14.3).
+            if ws.subprotocol != SUBPROTOCOL_V1:
+                await peer.send(peer.service_ids(self.service_ids), framing="message")
             self.sessions.append(peer)
             self._notify()
             await peer._run()
@@ -781,6 +994,7 @@ class TunnelService(Waitable):
                 self.sessions.append(peer)
             peer._notify()
         finally:
+            self._attached.remove(peer)
             self._handlers.discard(task)
             self._notify()
 
