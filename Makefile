@@ -59,7 +59,10 @@ else ifeq ($(LINK),fullstatic)
 else
   $(error LINK must be dynamic, static or fullstatic)
 endif
+# One section per function, so that --gc-sections can drop what is not called: without it each
+# module's code is one section and every generic specialisation stays (armv7: 1.6 MB vs 0.9 MB).
 EMB_FLAGS    := -target $(EMB_TARGET) -enable-experimental-feature Embedded -wmo -Osize -parse-as-library \
+                -Xfrontend -function-sections \
                 $(EMB_XFLAGS) -I Sources/CLibUV -I Sources/CMbedTLS -I $(EMB_DIR)
 EMB_LINK     := clang $(LINK_ARCH) -fuse-ld=lld -Wl,--gc-sections $(LINK_MODE)
 EMB_LIBS     := $(TC)/usr/lib/swift/embedded/$(EMB_TARGET)/libswiftUnicodeDataTables.a \
@@ -131,6 +134,9 @@ embedded: deps-apt
 	@mkdir -p $(EMB_DIR) $(XINC)
 	@# Only these headers of /usr/include are shown to ARM builds, so host glibc headers stay out.
 	@for h in uv.h uv mbedtls psa; do ln -sfn /usr/include/$$h $(XINC)/$$h; done
+	@# swiftc leaves an existing object file in place (seen with 6.3.1), so stale objects would
+	@# be linked: remove them first.
+	@rm -f $(EMB_DIR)/*.o
 	@for m in $(DEVICE_MODULES); do \
 	  echo "embedded $(ARCH): $$m"; \
 	  $(SWIFTC) $(EMB_FLAGS) -module-name $$m -emit-module -emit-module-path $(EMB_DIR)/$$m.swiftmodule \
