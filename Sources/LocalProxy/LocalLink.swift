@@ -54,6 +54,8 @@ final class LocalLink {
     private var readEnded = false
     private var congested = false
     private var retryTimer: Timer? = nil
+    /// The DATA fields of this connection, once known.
+    private var dataHeader: TunnelMessage? = nil
     private var endpointText = ""
 
     init(id: LocalConnectionID, owner: LocalLinkOwner, loop: EventLoop, logger: Logger, maximumPayload: Int) throws(RingBufferError) {
@@ -214,7 +216,10 @@ final class LocalLink {
     private func readArrived(_ n: Int) {
         guard let r = reservation, state == .open else { return }
         reservation = nil
-        guard let header = owner?.dataHeader(for: self), let tunnel = owner?.tunnel else {
+        // A connection's stream, service and id never change, so the DATA fields are asked for
+        // once; every path that takes the connection out of its stream also closes this link.
+        if dataHeader == nil { dataHeader = owner?.dataHeader(for: self) }
+        guard let header = dataHeader, let tunnel = owner?.tunnel else {
             // No stream or no tunnel any more: the bytes have nowhere to go; the link is being
             // closed by the session.
             return

@@ -77,10 +77,9 @@ public final class SourceRuntime: TunnelRuntime {
         case .log(let level, let text):
             logger.log(level, text)
         case .reconnect(let reason):
-            tunnel?.abort("\(reason)")
+            sessionNeedsReconnect(reason)
         case .fatal(let reason):
-            logger.fatal("\(reason)")
-            finish(ExitCode.configuration)
+            sessionCannotContinue(reason)
         }
     }
 

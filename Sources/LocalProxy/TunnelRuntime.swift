@@ -234,6 +234,19 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         for (_, link) in links { link.closeAfterFlush() }
     }
 
+    // MARK: Session outcomes shared by both modes
+
+    /// The session found the peer's stream untrustworthy: start a new WebSocket session.
+    func sessionNeedsReconnect(_ reason: SessionEndReason) {
+        tunnel?.abort("\(reason)")
+    }
+
+    /// The configuration cannot serve this tunnel: stop with exit code 1.
+    func sessionCannotContinue(_ reason: SessionEndReason) {
+        logger.fatal("\(reason)")
+        finish(ExitCode.configuration)
+    }
+
     // MARK: Local links
 
     func linkConnected(_ link: LocalLink) {}
