@@ -178,6 +178,9 @@ test-cross: cross venv
 	    $(VENV)/bin/pytest -q $(PEERS)/test_destination.py -k "$(CROSS_TESTS)" || exit 1; \
 	done
 
+# Cross-build pieces kept beside their sources (ABI guard, Swift SDK bundle...).
+-include $(wildcard cross/*.mk)
+
 # The main job: a whole tunnel on this machine (emulator, AWS CLI, both proxies, SSH).
 demo: deps
 	$(SWIFT) build --product localproxy
