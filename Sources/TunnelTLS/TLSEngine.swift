@@ -222,6 +222,18 @@ public final class TLSEngine {
     /// Bytes that `read` can return without more ciphertext.
     public var bufferedPlaintext: Int { mbedtls_ssl_get_bytes_avail(ssl) }
 
+    /// The negotiated protocol version and cipher suite, e.g. "TLSv1.2 TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256"
+    /// (for the log, once the handshake is done).
+    public var negotiated: String {
+        guard handshakeComplete, let version = mbedtls_ssl_get_version(ssl),
+              let suite = mbedtls_ssl_get_ciphersuite(ssl) else { return "no session" }
+        return text(of: version) + " " + text(of: suite)
+    }
+
+    private func text(of name: UnsafePointer<CChar>) -> String {
+        String(decoding: UnsafeRawBufferPointer(start: name, count: strlen(name)), as: UTF8.self)
+    }
+
     /// How many plaintext bytes `write` accepts now without overrunning `ciphertextOut`.
     public var writableCapacity: Int {
         let room = ciphertextOut.writableCount

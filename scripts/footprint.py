@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Prints the footprint of device binaries and enforces the size budgets (make footprint).
+
+Usage: footprint.py [--budget PATH=BYTES ...] BINARY ...
+
+For each binary: its size on disk (the stripped copies are what ships) and the sizes of the
+sections that are loaded (code, read-only data, data, bss), read from the ELF section headers,
+so any architecture works without a cross binutils. A binary over its budget makes the exit
+status 1, with the excess named. A missing binary is an error too: a budget that measured
+nothing must not pass.
+"""
+import os
+import struct
+import sys
+
+SHF_ALLOC = 0x2
+SHT_NOBITS = 8
+
+
+def sections(path):
+    """Returns [(name, size, is_nobits)] of the allocated sections of an ELF file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF":
+        raise ValueError(f"{path}: not an ELF file")
+    is64 = data[4] == 2
+    endian = "<" if data[5] == 1 else ">"
+    if is64:
+        shoff, = struct.unpack_from(endian + "Q", data, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", data, 0x3A)
+    else:
+        shoff, = struct.unpack_from(endian + "I", data, 0x20)
+        shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", data, 0x2E)
+
+    def header(i):
+        base = shoff + i * shentsize
+        if is64:
+            name, kind, flags, _addr, offset, size = struct.unpack_from(endian + "IIQQQQ", data, base)
+        else:
+            name, kind, flags, _addr, offset, size = struct.unpack_from(endian + "IIIIII", data, base)
+        return name, kind, flags, offset, size
+
+    _, _, _, names_offset, names_size = header(shstrndx)
+    names = data[names_offset:names_offset + names_size]
+    result = []
+    for i in range(shnum):
+        name, kind, flags, _offset, size = header(i)
+        if flags & SHF_ALLOC:
+            label = names[name:names.index(b"\0", name)].decode()
+            result.append((label, size, kind == SHT_NOBITS))
+    return result
+
+
+def summary(path):
+    groups = {"code": 0, "rodata": 0, "data": 0, "bss": 0}
+    for name, size, nobits in sections(path):
+        if nobits:
+            groups["bss"] += size
+        elif name.startswith(".text") or name in (".plt", ".init", ".fini", ".iplt"):
+            groups["code"] += size
+        elif name.startswith((".data", ".got", ".init_array", ".fini_array", ".tbss", ".tdata")):
+            groups["data"] += size
+        else:
+            groups["rodata"] += size
+    return groups
+
+
+def main(argv):
+    budgets = {}
+    paths = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--budget":
+            spec = next(args, "")
+            path, _, limit = spec.rpartition("=")
+            if not path or not limit.isdigit():
+                print(f"footprint: --budget wants PATH=BYTES, got {spec!r}", file=sys.stderr)
+                return 2
+            budgets[path] = int(limit)
+        else:
+            paths.append(arg)
+    for path in budgets:
+        if path not in paths:
+            paths.append(path)
+    failed = False
+    print(f"{'binary':58} {'bytes':>10} {'code':>9} {'rodata':>9} {'data':>8} {'bss':>8}  budget")
+    for path in paths:
+        if not os.path.exists(path):
+            print(f"{path:58} missing: build it first (make embedded ARCH=... LINK=...)")
+            failed = True
+            continue
+        size = os.path.getsize(path)
+        g = summary(path)
+        limit = budgets.get(path)
+        verdict = ""
+        if limit is not None:
+            if size > limit:
+                verdict = f"OVER {limit:,} by {size - limit:,}"
+                failed = True
+            else:
+                verdict = f"<= {limit:,} ok"
+        print(f"{path:58} {size:>10,} {g['code']:>9,} {g['rodata']:>9,} {g['data']:>8,} {g['bss']:>8,}  {verdict}")
+    if failed:
+        print("footprint: a budget is exceeded or a binary is missing; docs/FOOTPRINT.md says where "
+              "the space goes", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
