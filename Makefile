@@ -176,7 +176,7 @@ embedded: deps-apt $(EMB_MBEDTLS)
 	done
 	@echo "embedded $(ARCH): localproxy (link $(LINK))"
 	@$(call emb_compile,-module-name localproxy Sources/localproxy/*.swift,$(EMB_DIR)/localproxy-main.o)
-	@$(TC)/usr/bin/$(EMB_LINK) $(EMB_DIR)/localproxy-main.o $(EMB_OBJECTS) $(EMB_LIBS) -o $(EMB_DIR)/localproxy
+	@$(TC)/usr/bin/$(EMB_LINK) -Wl,-Map=$(EMB_DIR)/localproxy.map $(EMB_DIR)/localproxy-main.o $(EMB_OBJECTS) $(EMB_LIBS) -o $(EMB_DIR)/localproxy
 	@$(TC)/usr/bin/llvm-objcopy --strip-all $(EMB_DIR)/localproxy $(EMB_DIR)/localproxy.stripped
 	@$(RUNNER) $(EMB_DIR)/localproxy --version
 	@ls -l $(EMB_DIR)/localproxy $(EMB_DIR)/localproxy.stripped
@@ -231,6 +231,7 @@ footprint: deps-cross
 	python3 scripts/footprint.py \
 	  --budget .build-embedded/armv7-static/localproxy.stripped=$(BUDGET_ARMV7_STATIC) \
 	  --budget .build-embedded/armv7-fullstatic/localproxy.stripped=$(BUDGET_ARMV7_FULLSTATIC) \
+	  --map .build-embedded/armv7-static/localproxy.map --map .build-embedded/armv7-fullstatic/localproxy.map \
 	  $$(ls .build-embedded/*-*/localproxy.stripped)
 
 # The ARM device binaries as the destination proxy of the end-to-end tests, under qemu-user:

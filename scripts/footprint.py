@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Prints the footprint of device binaries and enforces the size budgets (make footprint).
 
-Usage: footprint.py [--budget PATH=BYTES ...] BINARY ...
+Usage: footprint.py [--budget PATH=BYTES ...] [--map LINKMAP ...] BINARY ...
 
 For each binary: its size on disk (the stripped copies are what ships) and the sizes of the
 sections that are loaded (code, read-only data, data, bss), read from the ELF section headers,
 so any architecture works without a cross binutils. A binary over its budget makes the exit
 status 1, with the excess named. A missing binary is an error too: a budget that measured
-nothing must not pass.
+nothing must not pass. With --map (an lld link map, `-Wl,-Map`), the loaded bytes are also
+split by where they come from: the Swift objects, each static library, and the linker's own
+(merged strings, relocations, PLT).
 """
 import os
 import struct
@@ -65,12 +67,41 @@ def summary(path):
     return groups
 
 
+def origins(map_path):
+    """Bytes of loaded output sections per input (object file or archive) of an lld map."""
+    totals = {}
+    section = None
+    for line in open(map_path, errors="replace"):
+        # lld: VMA LMA Size Align, then the output section, or an input "file:(section)"
+        # one level deeper, or a symbol deeper still.
+        fields = line.split(None, 4)
+        if len(fields) < 5 or not all(c in "0123456789abcdef" for c in fields[2]):
+            continue
+        body = fields[4].strip()
+        if body.startswith(".") and ":(" not in body:
+            section = body
+            continue
+        if ":(" not in body or section is None or section == ".bss":
+            continue
+        if section.startswith((".debug", ".comment", ".symtab", ".strtab", ".shstrtab")):
+            continue
+        source = body.split(":(")[0]
+        name = os.path.basename(source.split("(")[0])
+        if name.endswith(".o") and "crt" not in name:
+            name = "Swift objects (our modules + Embedded stdlib)"
+        totals[name] = totals.get(name, 0) + int(fields[2], 16)
+    return totals
+
+
 def main(argv):
     budgets = {}
+    maps = []
     paths = []
     args = iter(argv)
     for arg in args:
-        if arg == "--budget":
+        if arg == "--map":
+            maps.append(next(args, ""))
+        elif arg == "--budget":
             spec = next(args, "")
             path, _, limit = spec.rpartition("=")
             if not path or not limit.isdigit():
@@ -100,6 +131,16 @@ def main(argv):
             else:
                 verdict = f"<= {limit:,} ok"
         print(f"{path:58} {size:>10,} {g['code']:>9,} {g['rodata']:>9,} {g['data']:>8,} {g['bss']:>8,}  {verdict}")
+    for map_path in maps:
+        if not os.path.exists(map_path):
+            print(f"{map_path}: missing link map")
+            failed = True
+            continue
+        totals = origins(map_path)
+        print(f"\nloaded bytes by origin ({map_path}, before stripping):")
+        for name, size in sorted(totals.items(), key=lambda item: -item[1]):
+            if size >= 1024:
+                print(f"  {size:>10,}  {name}")
     if failed:
         print("footprint: a budget is exceeded or a binary is missing; docs/FOOTPRINT.md says where "
               "the space goes", file=sys.stderr)
