@@ -44,7 +44,9 @@ else ifeq ($(ARCH),aarch64)
 else ifeq ($(ARCH),armv7)
   EMB_TARGET := armv7-none-none-eabi
   GNU_TRIPLE := arm-linux-gnueabihf
-  EMB_XFLAGS := -Xcc -mfloat-abi=hard -Xcc -mfpu=vfpv3-d16 $(LINUX_DEFS) -Xcc -isystem -Xcc /usr/$(GNU_TRIPLE)/include -Xcc -isystem -Xcc $(XINC)
+  # Debian's armhf libuv is built with 64-bit file offsets; its headers must be read the same way.
+  ARCH_CDEFS := -D_FILE_OFFSET_BITS=64
+  EMB_XFLAGS := -Xcc -mfloat-abi=hard -Xcc -mfpu=vfpv3-d16 -Xcc -D_FILE_OFFSET_BITS=64 $(LINUX_DEFS) -Xcc -isystem -Xcc /usr/$(GNU_TRIPLE)/include -Xcc -isystem -Xcc $(XINC)
   LINK_ARCH  := --target=arm-linux-gnueabihf -march=armv7-a -mfpu=vfpv3-d16 -mfloat-abi=hard
   # Thumb-2, as Debian's armhf is built: about a third smaller than ARM code.
   C_ARCH     := --target=arm-linux-gnueabihf -march=armv7-a -mthumb -mfpu=vfpv3-d16 -mfloat-abi=hard
@@ -80,10 +82,13 @@ else ifeq ($(LINK),fullstatic)
 else
   $(error LINK must be dynamic, static or fullstatic)
 endif
+# Each build has its own clang module cache: the shared one does not key CLibUV/CMbedTLS on the
+# include paths, so a static build would import the system mbedTLS's layouts (found by check-abi).
 # One section per function, so that --gc-sections can drop what is not called: without it each
 # module's code is one section and every generic specialisation stays (armv7: 1.6 MB vs 0.9 MB).
 EMB_FLAGS    := -target $(EMB_TARGET) -enable-experimental-feature Embedded -wmo -Osize -parse-as-library \
                 -Xfrontend -function-sections $(addprefix -Xcc ,$(EMB_MBEDTLS_INC)) \
+                -module-cache-path $(EMB_DIR)/ModuleCache \
                 $(EMB_XFLAGS) -I Sources/CLibUV -I Sources/CMbedTLS -I $(EMB_DIR)
 EMB_LINK     := clang $(LINK_ARCH) -fuse-ld=lld -Wl,--gc-sections $(LINK_MODE)
 EMB_LIBS     := $(TC)/usr/lib/swift/embedded/$(EMB_TARGET)/libswiftUnicodeDataTables.a \
