@@ -79,6 +79,9 @@ else ifeq ($(LINK),fullstatic)
   LINK_MODE  := -static
   EMB_MBEDTLS := $(MBEDTLS_ARCHIVES)
   EMB_MBEDTLS_INC := -isystem $(MBEDTLS_DIR)/include
+  # A static glibc cannot load NSS modules, so getaddrinfo is left out and host names go
+  # through the built-in resolver (/etc/hosts, then /etc/resolv.conf's nameservers).
+  EMB_DEFS   := -D LP_BUILTIN_DNS
 else
   $(error LINK must be dynamic, static or fullstatic)
 endif
@@ -88,7 +91,7 @@ endif
 # module's code is one section and every generic specialisation stays (armv7: 1.6 MB vs 0.9 MB).
 EMB_FLAGS    := -target $(EMB_TARGET) -enable-experimental-feature Embedded -wmo -Osize -parse-as-library \
                 -Xfrontend -function-sections $(addprefix -Xcc ,$(EMB_MBEDTLS_INC)) \
-                -module-cache-path $(EMB_DIR)/ModuleCache \
+                -module-cache-path $(EMB_DIR)/ModuleCache $(EMB_DEFS) \
                 $(EMB_XFLAGS) -I Sources/CLibUV -I Sources/CMbedTLS -I $(EMB_DIR)
 EMB_LINK     := clang $(LINK_ARCH) -fuse-ld=lld -Wl,--gc-sections $(LINK_MODE)
 EMB_LIBS     := $(TC)/usr/lib/swift/embedded/$(EMB_TARGET)/libswiftUnicodeDataTables.a \

@@ -1,4 +1,5 @@
 import TunnelCore
+import TunnelIO
 
 /// Everything a run needs, resolved from the command line, `--config` file and environment
 /// (in that order of precedence; PROTOCOL.md §15).
@@ -30,6 +31,13 @@ public struct Configuration {
     public var pingIntervalMilliseconds = 20_000
     public var reconnectDelayMaximumMilliseconds = 120_000
     public var maximumPayload = TunnelMessage.maximumPayloadLength
+    /// `--dns`: how host names are resolved; nil keeps the build's default (`Resolver.mode`).
+    public var resolverMode: ResolverMode? = nil
+    /// The built-in resolver's files and nameserver port, from LOCALPROXY_RESOLV_CONF,
+    /// LOCALPROXY_HOSTS and LOCALPROXY_DNS_PORT (meant for tests).
+    public var resolvConfPath: String? = nil
+    public var hostsPath: String? = nil
+    public var nameserverPort: UInt16? = nil
     /// Warnings found while parsing (logged once the logger is set up).
     public var warnings: [String] = []
 
@@ -84,6 +92,7 @@ public enum ConfigurationParser {
         OptionSpec(short: nil, long: "max-payload", takesValue: true),
         OptionSpec(short: nil, long: "token-wait-ms", takesValue: true),
         OptionSpec(short: nil, long: "half-close-linger-ms", takesValue: true),
+        OptionSpec(short: nil, long: "dns", takesValue: true),
     ]
 
     static func spec(long: String) -> OptionSpec? {
@@ -308,6 +317,7 @@ public enum ConfigurationParser {
         c.maximumPayload = try intOption(last("max-payload"), "max-payload", 1...TunnelMessage.maximumPayloadLength, c.maximumPayload)
         c.tokenWaitMilliseconds = try intOption(last("token-wait-ms"), "token-wait-ms", 0...86_400_000, c.tokenWaitMilliseconds)
         c.halfCloseLingerMilliseconds = try intOption(last("half-close-linger-ms"), "half-close-linger-ms", 0...3_600_000, c.halfCloseLingerMilliseconds)
+        try parseNameResolution(last("dns"), environment: environment, into: &c)
 
         switch c.mode {
         case .destination:
@@ -474,6 +484,33 @@ public enum ConfigurationParser {
         for b in id.utf8 {
             let ok = (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x5F || b == 0x2D || b == 0x3A
             if !ok { throw ConfigurationError("service name '\(id)' may only contain letters, digits, '_', '-' and ':'") }
+        }
+    }
+
+    /// `--dns system|builtin` and the built-in resolver's test overrides from the environment.
+    static func parseNameResolution(_ value: String?, environment: (String) -> String?,
+                                    into c: inout Configuration) throws(ConfigurationError) {
+        switch value {
+        case nil: break
+        case "system":
+            guard Resolver.systemResolverAvailable else {
+                throw ConfigurationError("--dns system: this build has no system resolver (it was built with LP_BUILTIN_DNS, for a fully static binary); use --dns builtin")
+            }
+            c.resolverMode = .system
+        case "builtin": c.resolverMode = .builtin
+        default: throw ConfigurationError("--dns must be system or builtin, got '\(value!)'")
+        }
+        c.resolvConfPath = environment("LOCALPROXY_RESOLV_CONF")
+        c.hostsPath = environment("LOCALPROXY_HOSTS")
+        if let p = environment("LOCALPROXY_DNS_PORT") {
+            guard let port = parsePort(trim(p)) else {
+                throw ConfigurationError("LOCALPROXY_DNS_PORT must be a port from 1 to 65535, got '\(p)'")
+            }
+            c.nameserverPort = port
+        }
+        let overridden = c.resolvConfPath != nil || c.hostsPath != nil || c.nameserverPort != nil
+        if overridden && (c.resolverMode ?? Resolver.mode) == .system {
+            c.warnings.append("LOCALPROXY_RESOLV_CONF, LOCALPROXY_HOSTS and LOCALPROXY_DNS_PORT apply to the built-in resolver only (--dns builtin)")
         }
     }
 

@@ -29,6 +29,7 @@ public enum LocalProxyMain {
         logger.info("localproxy \(LocalProxyVersion.string), \(configuration.mode) mode")
         for warning in configuration.warnings { logger.warning(warning) }
         ignoreBrokenPipeSignal()
+        useNameResolution(of: configuration, logger: logger)
 
         let random: SecureRandom
         let tls: TLSConfiguration
@@ -64,6 +65,21 @@ public enum LocalProxyMain {
             let code = runtime.run()
             _ = loop.close()
             return code
+        }
+    }
+
+    /// Applies `--dns` and the built-in resolver's overrides, process-wide, before any lookup.
+    static func useNameResolution(of configuration: Configuration, logger: Logger) {
+        if let mode = configuration.resolverMode { Resolver.mode = mode }
+        var settings = Resolver.builtinSettings
+        if let path = configuration.resolvConfPath { settings.resolvConfPath = path }
+        if let path = configuration.hostsPath { settings.hostsPath = path }
+        if let port = configuration.nameserverPort { settings.nameserverPort = port }
+        Resolver.builtinSettings = settings
+        if Resolver.mode == .builtin || !Resolver.systemResolverAvailable {
+            logger.debug("host names: built-in resolver (\(settings.hostsPath), then the nameservers of \(settings.resolvConfPath), port \(settings.nameserverPort))")
+        } else {
+            logger.debug("host names: system resolver (getaddrinfo)")
         }
     }
 
@@ -112,6 +128,10 @@ public enum LocalProxyMain {
                                       token in the file and reconnect with it (10000; 0: exit)
           --half-close-linger-ms N    source: how long a half-closed local connection waits
                                       for the destination's answer (10000)
+          --dns system|builtin        how host names are resolved: system (the C library's
+                                      getaddrinfo) or builtin (own DNS client: /etc/hosts, then
+                                      the nameservers of /etc/resolv.conf). Default: system;
+                                      builtin in fully static builds (no NSS there)
 
     Environment: AWSIOT_TUNNEL_ACCESS_TOKEN, AWSIOT_TUNNEL_CLIENT_TOKEN, AWSIOT_TUNNEL_ENDPOINT,
     AWSIOT_TUNNEL_REGION (the command line takes precedence).

@@ -218,15 +218,15 @@ public final class Stream: Handle {
     public var queuedWriteBytes: Int { uv_stream_get_write_queue_size(stream) }
 }
 
-/// A libuv request (connect, write, shutdown) in flight. It keeps its stream alive until
-/// libuv calls back, then runs `completion` with libuv's status and frees itself. Every request
-/// type starts with the same fields (`data` first), so one wrapper serves them all.
+/// A libuv request (connect, write, shutdown, UDP send) in flight. It keeps its handle alive
+/// until libuv calls back, then runs `completion` with libuv's status and frees itself. Every
+/// request type starts with the same fields (`data` first), so one wrapper serves them all.
 final class PendingRequest {
     let memory: UnsafeMutableRawPointer
-    let owner: Stream
+    let owner: Handle
     let completion: (Int32) -> Void
 
-    init<Request>(_ type: Request.Type, owner: Stream, completion: @escaping (Int32) -> Void) {
+    init<Request>(_ type: Request.Type, owner: Handle, completion: @escaping (Int32) -> Void) {
         memory = .allocate(byteCount: MemoryLayout<Request>.size, alignment: 16)
         memory.initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<Request>.size)
         self.owner = owner
@@ -297,8 +297,9 @@ public final class Listener: Handle {
     }
 }
 
-/// Asynchronous name resolution (`uv_getaddrinfo` runs getaddrinfo on libuv's thread pool, so
-/// the loop never blocks on DNS).
+/// Asynchronous name resolution, by `Resolver.mode`: the system's getaddrinfo (`uv_getaddrinfo`
+/// runs it on libuv's thread pool, so the loop never blocks on DNS), or the built-in resolver
+/// (DNSResolver.swift). Builds with `-D LP_BUILTIN_DNS` leave getaddrinfo out entirely.
 public final class Resolver {
     private let request: UnsafeMutablePointer<uv_getaddrinfo_t>
     private var completion: ((Result<[SocketAddress], UVError>) -> Void)? = nil
@@ -318,6 +319,13 @@ public final class Resolver {
                                _ completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
         if let numeric = SocketAddress(ip: host, port: port) {
             completion(.success([numeric]))
+            return
+        }
+        #if LP_BUILTIN_DNS
+        BuiltinResolver.resolve(loop: loop, host: host, port: port, settings: builtinSettings, completion)
+        #else
+        if mode == .builtin {
+            BuiltinResolver.resolve(loop: loop, host: host, port: port, settings: builtinSettings, completion)
             return
         }
         let resolver = Resolver(host: host, port: port)
@@ -357,6 +365,7 @@ public final class Resolver {
             Unmanaged<Resolver>.fromOpaque(resolver.request.pointee.data!).release()
             completion(.failure(UVError(status, "resolving \(host)")))
         }
+        #endif
     }
 }
 

@@ -837,6 +837,36 @@ private func tcp(_ host: String, _ port: UInt16, _ service: String = "") -> Serv
         world.failure(base + ["-y", "V4"], mentioning: "--destination-client-type", "'V4'")
     }
 
+    // MARK: Name resolution
+
+    @Test func dnsOptionAndTheBuiltinResolverEnvironment() throws {
+        #expect(try world.run(base).resolverMode == nil, "no --dns: the build's default")
+        #expect(try world.run(base + ["--dns", "builtin"]).resolverMode == .builtin)
+        #expect(try world.run(base + ["--dns=system"]).resolverMode == .system)
+        world.failure(base + ["--dns", "nss"], mentioning: "--dns must be system or builtin", "'nss'")
+        var file = World()
+        file.files["/c"] = "dns = builtin\n"
+        #expect(try file.run(base + ["--config", "/c"]).resolverMode == .builtin)
+
+        var w = World()
+        w.environment["LOCALPROXY_RESOLV_CONF"] = "/tmp/test-resolv.conf"
+        w.environment["LOCALPROXY_HOSTS"] = "/tmp/test-hosts"
+        w.environment["LOCALPROXY_DNS_PORT"] = "5353"
+        let c = try w.run(base + ["--dns", "builtin"])
+        #expect(c.resolvConfPath == "/tmp/test-resolv.conf")
+        #expect(c.hostsPath == "/tmp/test-hosts")
+        #expect(c.nameserverPort == 5353)
+        #expect(c.warnings == [])
+        // The overrides mean nothing to getaddrinfo: say so.
+        let system = try w.run(base + ["--dns", "system"])
+        #expect(system.warnings.count == 1)
+        #expect(system.warnings.first?.contains("--dns builtin") == true)
+        for bad in ["0", "65536", "53x", ""] {
+            w.environment["LOCALPROXY_DNS_PORT"] = bad
+            w.failure(base + ["--dns", "builtin"], mentioning: "LOCALPROXY_DNS_PORT must be a port from 1 to 65535", "'\(bad)'")
+        }
+    }
+
     @Test func settingsJsonIsNotSupported() {
         world.failure(base + ["--settings-json", "settings.json"], mentioning: "--settings-json", "not supported")
         world.failure(base + ["--export-default-settings", "out.json"], mentioning: "--export-default-settings", "not supported")

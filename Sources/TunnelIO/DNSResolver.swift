@@ -1,0 +1,451 @@
+import CLibUV
+import TunnelCore
+
+/// How `Resolver.resolve` turns host names into addresses.
+public enum ResolverMode: Equatable, CustomStringConvertible {
+    /// The C library's getaddrinfo on libuv's thread pool (nsswitch, NSS modules, its cache).
+    case system
+    /// Our own stub resolver on the loop: /etc/hosts, then DNS over UDP (TCP when truncated) to
+    /// the nameservers of /etc/resolv.conf. Needs no NSS, so it works in a fully static binary.
+    case builtin
+
+    public var description: String { self == .system ? "system" : "builtin" }
+}
+
+/// Where the built-in resolver finds its configuration. The proxy fills it in at start-up
+/// (from LOCALPROXY_RESOLV_CONF, LOCALPROXY_HOSTS and LOCALPROXY_DNS_PORT, for tests).
+public struct BuiltinResolverSettings {
+    public var resolvConfPath = "/etc/resolv.conf"
+    public var hostsPath = "/etc/hosts"
+    /// The port of every nameserver (resolv.conf has no syntax for one).
+    public var nameserverPort: UInt16 = 53
+    /// Replaces resolv.conf's per-try timeout; for tests, which want fractions of a second.
+    public var timeoutMilliseconds: UInt64? = nil
+
+    public init() {}
+
+    /// Files larger than these are read only up to their last whole line within the limit.
+    static let hostsFileLimit = 1 << 20
+    static let resolvConfLimit = 64 * 1024
+}
+
+extension Resolver {
+    #if LP_BUILTIN_DNS
+    /// The process-wide choice, set once at start-up. This build has no getaddrinfo (it is
+    /// meant to be linked fully static), so `.system` also uses the built-in resolver.
+    public nonisolated(unsafe) static var mode: ResolverMode = .builtin
+    /// Whether this build can use getaddrinfo at all.
+    public static let systemResolverAvailable = false
+    #else
+    /// The process-wide choice, set once at start-up.
+    public nonisolated(unsafe) static var mode: ResolverMode = .system
+    /// Whether this build can use getaddrinfo at all.
+    public static let systemResolverAvailable = true
+    #endif
+
+    /// The built-in resolver's files and port, set once at start-up.
+    public nonisolated(unsafe) static var builtinSettings = BuiltinResolverSettings()
+}
+
+/// One lookup by the built-in resolver: the I/O half of `DNSLookup`. It reads the two files
+/// (synchronously: they are small local files, read once per lookup so that changes are seen),
+/// answers from /etc/hosts when the name is there, else runs the lookup's tries: a fresh UDP
+/// socket per try (so a fresh source port), replies accepted only from the try's nameserver,
+/// TCP exchanges for truncated answers, one timer.
+///
+/// Lifetime: the timer's and sockets' callbacks hold the resolver; finishing closes them all,
+/// so it goes away once libuv has let go of its handles.
+final class BuiltinResolver {
+    private let loop: EventLoop
+    private let host: String
+    private let port: UInt16
+    private let servers: [SocketAddress]
+    private var lookup: DNSLookup
+    private var completion: ((Result<[SocketAddress], UVError>) -> Void)?
+    private let timer: Timer
+    private var datagram: Datagram? = nil
+    private var exchanges: [DNSOverTCP] = []
+    /// Counts tries, so that callbacks of an earlier try's sockets are recognised and dropped.
+    private var generation = 0
+
+    private init(loop: EventLoop, host: String, port: UInt16, servers: [SocketAddress], lookup: DNSLookup,
+                 completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
+        self.loop = loop
+        self.host = host
+        self.port = port
+        self.servers = servers
+        self.lookup = lookup
+        self.completion = completion
+        timer = Timer(loop: loop)
+    }
+
+    static func resolve(loop: EventLoop, host: String, port: UInt16, settings: BuiltinResolverSettings,
+                        _ completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
+        let hosts = HostsFile(parsing: readResolverFile(settings.hostsPath, limit: BuiltinResolverSettings.hostsFileLimit) ?? [])
+        let listed = hosts.addresses(for: host)
+        if !listed.isEmpty {
+            completion(.success(listed.map { SocketAddress($0, port: port) }))
+            return
+        }
+        let name: DNSName
+        do throws(DNSError) {
+            name = try DNSName(host)
+        } catch {
+            completion(.failure(UVError(Int32(UV_EAI_NONAME.rawValue), "resolving \(host): \(DNSLookupError.invalidName(error))")))
+            return
+        }
+        let configuration = readResolverFile(settings.resolvConfPath, limit: BuiltinResolverSettings.resolvConfLimit)
+            .map { ResolverConfiguration(parsing: $0) } ?? ResolverConfiguration()
+        let servers = configuration.nameservers.map { SocketAddress($0, port: settings.nameserverPort) }
+        let lookup = DNSLookup(name: name, serverCount: servers.count, attempts: configuration.attempts,
+                               timeoutMilliseconds: settings.timeoutMilliseconds ?? UInt64(configuration.timeoutSeconds) * 1000,
+                               nextID: randomQueryID)
+        let resolver = BuiltinResolver(loop: loop, host: host, port: port, servers: servers, lookup: lookup, completion: completion)
+        let first = resolver.lookup.start()
+        resolver.perform(first)
+    }
+
+    /// Carries out what the lookup asks for.
+    private func perform(_ action: DNSLookup.Action?) {
+        guard let action else { return }
+        switch action {
+        case .startTry(let server, let queries, let timeout):
+            startTry(servers[server], queries, timeout)
+        case .queryOverTCP(let server, let query):
+            let current = generation
+            let id = UInt16(query[0]) << 8 | UInt16(query[1])
+            let exchange = DNSOverTCP(loop: loop, server: servers[server], query: query)
+            exchanges.append(exchange)
+            exchange.start(onReply: { [self] reply in
+                guard current == generation else { return }
+                perform(lookup.receivedOverTCP(reply))
+            }, onFailure: { [self] reason in
+                guard current == generation else { return }
+                perform(lookup.tcpFailed(id: id, reason: reason))
+            })
+        case .finished(let result):
+            closeTransports()
+            timer.close()
+            let done = completion
+            completion = nil
+            switch result {
+            case .success(let addresses):
+                done?(.success(addresses.map { SocketAddress($0, port: port) }))
+            case .failure(let error):
+                var list = ""
+                for s in servers { list += list.isEmpty ? "\(s)" : ", \(s)" }
+                done?(.failure(UVError(Self.code(for: error), "resolving \(host): \(error) (built-in resolver; nameservers \(list))")))
+            }
+        }
+    }
+
+    private func startTry(_ server: SocketAddress, _ queries: [[UInt8]], _ timeout: UInt64) {
+        closeTransports()
+        generation += 1
+        let current = generation
+        let socket = Datagram(loop: loop)
+        datagram = socket
+        timer.start(after: timeout) { [self] in perform(lookup.timerFired()) }
+        do throws(UVError) {
+            // Bound explicitly to the wildcard of the server's family: an unbound socket would be
+            // bound to IPv4 by the first receive and could not reach an IPv6 server.
+            try socket.bind(to: server.isIPv6 ? SocketAddress(ip: "::", port: 0)! : SocketAddress(ip: "0.0.0.0", port: 0)!)
+            try socket.startReceiving { [self] reply, sender in
+                // Only the try's server may answer; anything else is dropped unread.
+                guard current == generation, sender.isSameEndpoint(as: server) else { return }
+                perform(lookup.receivedDatagram(reply))
+            }
+        } catch {
+            perform(lookup.sendFailed(reason: "\(error)"))
+            return
+        }
+        for query in queries {
+            socket.send(query, to: server) { [self] error in
+                guard let error, current == generation else { return }
+                perform(lookup.sendFailed(reason: "\(error)"))
+            }
+            // A failed send may already have moved the lookup on.
+            if current != generation { return }
+        }
+    }
+
+    private func closeTransports() {
+        timer.stop()
+        datagram?.close()
+        datagram = nil
+        for e in exchanges { e.close() }
+        exchanges.removeAll()
+    }
+
+    /// The getaddrinfo error closest to each outcome, so callers see familiar codes.
+    static func code(for error: DNSLookupError) -> Int32 {
+        switch error {
+        case .invalidName, .nonexistentDomain: return Int32(UV_EAI_NONAME.rawValue)
+        case .noAddress: return Int32(UV_EAI_NODATA.rawValue)
+        case .noAnswer, .transport: return Int32(UV_EAI_AGAIN.rawValue)
+        case .serverFailed(let e): return e == .serverFailure ? Int32(UV_EAI_AGAIN.rawValue) : Int32(UV_EAI_FAIL.rawValue)
+        }
+    }
+}
+
+/// A random query id from the system's generator (getrandom(2) through libuv): ids must not
+/// be guessable by someone trying to forge answers.
+func randomQueryID() -> UInt16 {
+    var id: UInt16 = 0
+    let status = withUnsafeMutableBytes(of: &id) { uv_random(nil, nil, $0.baseAddress, 2, 0, nil) }
+    // Without system entropy the process cannot do TLS either.
+    precondition(status == 0, "the system random generator failed (\(status))")
+    return id
+}
+
+/// Reads a small configuration file with libuv's synchronous calls: nil if it cannot be opened
+/// or read; a file longer than `limit` is cut after its last whole line within the limit.
+func readResolverFile(_ path: String, limit: Int) -> [UInt8]? {
+    var request = uv_fs_t()
+    let fd = withCString(path) { uv_fs_open(nil, &request, $0, O_RDONLY, 0, nil) }
+    uv_fs_req_cleanup(&request)
+    guard fd >= 0 else { return nil }
+    defer {
+        var closeRequest = uv_fs_t()
+        uv_fs_close(nil, &closeRequest, uv_file(fd), nil)
+        uv_fs_req_cleanup(&closeRequest)
+    }
+    var data: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while data.count < limit {
+        let wanted = min(chunk.count, limit - data.count)
+        let n = chunk.withUnsafeMutableBytes { raw -> Int32 in
+            var buffer = uv_buf_init(raw.baseAddress!.assumingMemoryBound(to: CChar.self), UInt32(wanted))
+            var readRequest = uv_fs_t()
+            let result = uv_fs_read(nil, &readRequest, uv_file(fd), &buffer, 1, -1, nil)
+            uv_fs_req_cleanup(&readRequest)
+            return result
+        }
+        if n < 0 { return nil }
+        if n == 0 { return data }
+        data += chunk[0..<Int(n)]
+    }
+    // At the limit: keep whole lines only, so no line is parsed in part.
+    if let lastLine = data.lastIndex(of: 0x0A) { data.removeSubrange((lastLine + 1)...) }
+    return data
+}
+
+// MARK: UDP
+
+/// A UDP socket: datagrams sent from copies freed on completion, received into one fixed buffer
+/// (DNS answers over UDP are at most 512 bytes without EDNS; a bigger datagram that was cut
+/// short is dropped).
+final class Datagram: Handle {
+    static let receiveBufferSize = 4096
+    private let receiveBuffer: UnsafeMutableRawBufferPointer
+    private var onDatagram: ((UnsafeRawBufferPointer, SocketAddress) -> Void)? = nil
+
+    init(loop: EventLoop) {
+        receiveBuffer = .allocate(byteCount: Datagram.receiveBufferSize, alignment: 16)
+        super.init(byteCount: MemoryLayout<uv_udp_t>.size)
+        uv_udp_init(loop.loop, udp)
+        retainForLibuv()
+    }
+
+    deinit { receiveBuffer.deallocate() }
+
+    var udp: UnsafeMutablePointer<uv_udp_t> { storage.assumingMemoryBound(to: uv_udp_t.self) }
+
+    override func willClose() { onDatagram = nil }
+
+    func bind(to address: SocketAddress) throws(UVError) {
+        let status = address.withSockaddr { uv_udp_bind(udp, $0, 0) }
+        if status != 0 { throw UVError(status, "binding a UDP socket to \(address)") }
+    }
+
+    /// The bound address (with the port the kernel chose for port 0).
+    var localAddress: SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = Int32(MemoryLayout<sockaddr_storage>.size)
+        let status = withUnsafeMutablePointer(to: &storage) { p in
+            uv_udp_getsockname(udp, UnsafeMutableRawPointer(p).assumingMemoryBound(to: sockaddr.self), &length)
+        }
+        guard status == 0 else { return nil }
+        return withUnsafePointer(to: storage) {
+            SocketAddress(copying: UnsafeRawPointer($0).assumingMemoryBound(to: sockaddr.self), length: Int(length))
+        }
+    }
+
+    /// Sends one datagram; `completion` gets nil once it is out. A failure to start is reported
+    /// to `completion` before returning.
+    func send(_ bytes: [UInt8], to address: SocketAddress, _ completion: @escaping (UVError?) -> Void) {
+        guard !isClosing else { return }
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 1)
+        copy.copyBytes(from: bytes)
+        let request = PendingRequest(uv_udp_send_t.self, owner: self) { status in
+            copy.deallocate()
+            completion(status == 0 ? nil : UVError(status, "sending to \(address)"))
+        }
+        var buffer = uv_buf_init(copy.baseAddress!.assumingMemoryBound(to: CChar.self), UInt32(bytes.count))
+        let status = address.withSockaddr { a in
+            uv_udp_send(request.request(uv_udp_send_t.self), udp, &buffer, 1, a) { req, status in
+                PendingRequest.complete(UnsafeMutableRawPointer(req), status)
+            }
+        }
+        if status != 0 {
+            request.release()
+            copy.deallocate()
+            completion(UVError(status, "sending to \(address)"))
+        }
+    }
+
+    /// Delivers each datagram with its sender; the bytes are valid during the call only.
+    func startReceiving(_ handler: @escaping (UnsafeRawBufferPointer, SocketAddress) -> Void) throws(UVError) {
+        onDatagram = handler
+        let status = uv_udp_recv_start(udp, { handle, _, buffer in
+            let owner = Handle.owner(handle, as: Datagram.self)
+            buffer!.pointee = uv_buf_init(owner.receiveBuffer.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                          UInt32(owner.receiveBuffer.count))
+        }, { handle, nread, _, sender, flags in
+            let owner = Handle.owner(UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_handle_t.self), as: Datagram.self)
+            // nread 0 without a sender means "nothing more for now"; errors on an unconnected
+            // socket say nothing about any one peer; a datagram cut short cannot be parsed.
+            guard nread >= 0, let sender, flags & UInt32(UV_UDP_PARTIAL.rawValue) == 0 else { return }
+            let length = Int32(sender.pointee.sa_family) == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+            let from = SocketAddress(copying: sender, length: length)
+            owner.onDatagram?(UnsafeRawBufferPointer(start: owner.receiveBuffer.baseAddress, count: nread), from)
+        })
+        if status != 0 {
+            onDatagram = nil
+            throw UVError(status, "receiving on a UDP socket")
+        }
+    }
+}
+
+// MARK: TCP
+
+/// One query over TCP (RFC 1035 §4.2.2: each message behind a 2-byte length): connect, write,
+/// read the length, then exactly that many bytes into a buffer of that size.
+final class DNSOverTCP {
+    private let stream: Stream
+    private let server: SocketAddress
+    private let outgoing: UnsafeMutableRawBufferPointer
+    private let prefix = UnsafeMutableRawBufferPointer.allocate(byteCount: 2, alignment: 2)
+    private var body: UnsafeMutableRawBufferPointer? = nil
+    private var received = 0
+    private var onReply: ((UnsafeRawBufferPointer) -> Void)? = nil
+    private var onFailure: ((String) -> Void)? = nil
+
+    init(loop: EventLoop, server: SocketAddress, query: [UInt8]) {
+        self.server = server
+        stream = Stream(loop: loop, kind: .tcp)
+        outgoing = .allocate(byteCount: query.count + 2, alignment: 2)
+        outgoing[0] = UInt8(query.count >> 8)
+        outgoing[1] = UInt8(truncatingIfNeeded: query.count)
+        UnsafeMutableRawBufferPointer(rebasing: outgoing[2...]).copyBytes(from: query)
+    }
+
+    deinit {
+        outgoing.deallocate()
+        prefix.deallocate()
+        body?.deallocate()
+    }
+
+    func start(onReply: @escaping (UnsafeRawBufferPointer) -> Void, onFailure: @escaping (String) -> Void) {
+        self.onReply = onReply
+        self.onFailure = onFailure
+        stream.connect(to: server) { [self] error in
+            if let error {
+                fail("TCP to \(server): \(error)")
+                return
+            }
+            stream.write(UnsafeRawBufferPointer(outgoing)) { [self] error in
+                if let error { fail("TCP to \(server): \(error)") }
+            }
+            stream.allocate = { [self] in nextRegion() }
+            stream.onRead = { [self] result in
+                switch result {
+                case .success(let n): got(n)
+                case .failure(let error):
+                    fail(error.code == UVError.endOfFile ? "\(server) closed the TCP connection before the whole answer"
+                                                         : "TCP to \(server): \(error)")
+                }
+            }
+            stream.startReading()
+        }
+    }
+
+    func close() {
+        onReply = nil
+        onFailure = nil
+        stream.close()
+    }
+
+    private func nextRegion() -> UnsafeMutableRawBufferPointer {
+        if received < 2 { return UnsafeMutableRawBufferPointer(rebasing: prefix[received...]) }
+        guard let body else { return UnsafeMutableRawBufferPointer(start: nil, count: 0) }
+        return UnsafeMutableRawBufferPointer(rebasing: body[(received - 2)...])
+    }
+
+    private func got(_ n: Int) {
+        received += n
+        if received == 2 {
+            let length = Int(prefix[0]) << 8 | Int(prefix[1])
+            guard length > 0 else {
+                fail("\(server) sent an empty answer over TCP")
+                return
+            }
+            body = .allocate(byteCount: length, alignment: 2)
+        }
+        if let body, received == 2 + body.count {
+            let done = onReply
+            close()
+            done?(UnsafeRawBufferPointer(body))
+        }
+    }
+
+    private func fail(_ reason: String) {
+        let report = onFailure
+        close()
+        report?(reason)
+    }
+}
+
+// MARK: Addresses
+
+extension SocketAddress {
+    /// The socket address of `ip` and `port`.
+    init(_ ip: IPAddress, port: UInt16) {
+        withUnsafeMutableBytes(of: &storage) { raw in
+            if ip.family == .v4 {
+                var a = sockaddr_in()
+                a.sin_family = sa_family_t(AF_INET)
+                a.sin_port = port.bigEndian
+                withUnsafeMutableBytes(of: &a.sin_addr) { $0.copyBytes(from: ip.bytes) }
+                raw.storeBytes(of: a, as: sockaddr_in.self)
+            } else {
+                var a = sockaddr_in6()
+                a.sin6_family = sa_family_t(AF_INET6)
+                a.sin6_port = port.bigEndian
+                withUnsafeMutableBytes(of: &a.sin6_addr) { $0.copyBytes(from: ip.bytes) }
+                raw.storeBytes(of: a, as: sockaddr_in6.self)
+            }
+        }
+    }
+
+    var isIPv6: Bool { withSockaddr { Int32($0.pointee.sa_family) == AF_INET6 } }
+
+    /// Same family, address and port (what a reply's source must be).
+    func isSameEndpoint(as other: SocketAddress) -> Bool {
+        guard isIPv6 == other.isIPv6, port == other.port else { return false }
+        return addressBytes == other.addressBytes
+    }
+
+    /// The address alone, in network order.
+    var addressBytes: [UInt8] {
+        withSockaddr { p in
+            let raw = UnsafeRawPointer(p)
+            if Int32(p.pointee.sa_family) == AF_INET6 {
+                var a = raw.assumingMemoryBound(to: sockaddr_in6.self).pointee.sin6_addr
+                return withUnsafeBytes(of: &a) { Array($0) }
+            }
+            var a = raw.assumingMemoryBound(to: sockaddr_in.self).pointee.sin_addr
+            return withUnsafeBytes(of: &a) { Array($0) }
+        }
+    }
+}
