@@ -247,6 +247,7 @@ test-cross: cross venv
 	$(MAKE) embedded ARCH=armv7 LINK=fullstatic
 	for arch in aarch64 armv7; do \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_destination.py -k "$(CROSS_TESTS)" || exit 1; \
+	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_tls_interop.py || exit 1; \
 	done
 	LP_CROSS_ARCH=armv7 LP_CROSS_LINK=fullstatic $(CROSS_ENV) \
 	  $(VENV)/bin/pytest -q $(PEERS)/test_dns_resolver.py $(PEERS)/test_destination.py -k "dns or $(CROSS_TESTS)"

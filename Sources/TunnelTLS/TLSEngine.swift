@@ -115,6 +115,8 @@ public final class TLSEngine {
     private let ipMatch: UnsafeMutablePointer<lp_ip_match>
     public private(set) var handshakeComplete = false
     public private(set) var receivedCloseNotify = false
+    /// The name the certificate must carry (for error messages).
+    private let expectedName: String?
 
     /// `serverName` is sent as SNI and, when verifying, checked against the certificate.
     /// `outputSize` must hold the largest plaintext write plus per-record overhead: a whole
@@ -128,6 +130,7 @@ public final class TLSEngine {
         } catch {
             throw TLSError(-1, "allocating TLS buffers: \(error)")
         }
+        expectedName = serverName
         ssl = .allocate(capacity: 1)
         mbedtls_ssl_init(ssl)
         var status = mbedtls_ssl_setup(ssl, configuration.config)
@@ -185,7 +188,14 @@ public final class TLSEngine {
         if status == Int32(LP_ERR_X509_CERT_VERIFY_FAILED) {
             throw TLSError(status, "verifying the server's certificate", verification: verificationProblems())
         }
-        throw TLSError(status, "TLS handshake")
+        switch status {
+        case Int32(LP_ERR_SSL_FATAL_ALERT_MESSAGE):
+            throw TLSError(status, "TLS handshake (the server ended it with an alert: most often it shares no TLS version, cipher suite or key-exchange group with this build, which offers TLS 1.2 with ECDHE and AES-GCM or ChaCha20-Poly1305)")
+        case Int32(LP_ERR_SSL_BAD_PROTOCOL_VERSION):
+            throw TLSError(status, "TLS handshake (the server does not speak TLS 1.2 or newer)")
+        default:
+            throw TLSError(status, "TLS handshake")
+        }
     }
 
     private func verificationProblems() -> String {
@@ -200,7 +210,14 @@ public final class TLSEngine {
         var out = ""
         for part in text.split(separator: "\n") {
             if !out.isEmpty { out += "; " }
-            out += String(part)
+            var line = String(part)
+            while line.hasSuffix(".") { line.removeLast() }
+            out += line
+            // mbedTLS says "CN" for any name mismatch (the subjectAltName entries are what it checks).
+            if flags & UInt32(MBEDTLS_X509_BADCERT_CN_MISMATCH) != 0, line.hasPrefix("The certificate Common Name"),
+               let expected = expectedName {
+                out += " (expected \(expected) among the certificate's names)"
+            }
         }
         return out
     }
