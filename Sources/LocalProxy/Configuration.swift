@@ -553,7 +553,11 @@ func parseInt(_ s: String) -> Int? {
             continue
         }
         guard b >= 0x30 && b <= 0x39 else { return nil }
-        n = n * 10 + Int(b - 0x30)
+        // Too large for Int (32 bits on armv7) is "not a number", never a trap.
+        let (times10, o1) = n.multipliedReportingOverflow(by: 10)
+        let (sum, o2) = times10.addingReportingOverflow(Int(b - 0x30))
+        if o1 || o2 { return nil }
+        n = sum
     }
     return negative ? -n : n
 }

@@ -197,14 +197,18 @@ func isTokenByte(_ b: UInt8) -> Bool {
     }
 }
 
-/// Parses a decimal number of at most `maxDigits` digits; nil for anything else.
+/// Parses a decimal number of at most `maxDigits` digits; nil for anything else, including a
+/// number too large for Int (32 bits on armv7).
 func parseDecimal(_ s: String, maxDigits: Int = 18) -> Int? {
     let bytes = Array(s.utf8)
     guard !bytes.isEmpty, bytes.count <= maxDigits else { return nil }
     var n = 0
     for b in bytes {
         guard b >= 0x30 && b <= 0x39 else { return nil }
-        n = n * 10 + Int(b - 0x30)
+        let (times10, o1) = n.multipliedReportingOverflow(by: 10)
+        let (sum, o2) = times10.addingReportingOverflow(Int(b - 0x30))
+        if o1 || o2 { return nil }
+        n = sum
     }
     return n
 }

@@ -138,10 +138,11 @@ public struct WebSocketProtocolError: Error, Equatable, CustomStringConvertible 
     }
 
     public let reason: Reason
-    /// Offset in the byte stream of the first byte of the offending frame.
-    public let offset: Int
+    /// Offset in the byte stream of the first byte of the offending frame (64-bit: a long
+    /// session passes 2 GiB, which a 32-bit Int could not count).
+    public let offset: UInt64
 
-    public init(_ reason: Reason, offset: Int) {
+    public init(_ reason: Reason, offset: UInt64) {
         self.reason = reason
         self.offset = offset
     }
@@ -217,8 +218,8 @@ public final class WebSocketFrameDecoder {
     private var fin = false
     private var inFragmentedMessage = false
     /// Bytes consumed so far, for error offsets.
-    public private(set) var streamOffset = 0
-    private var frameStart = 0
+    public private(set) var streamOffset: UInt64 = 0
+    private var frameStart: UInt64 = 0
 
     public init(role: WebSocketRole, maximumFramePayload: Int = WebSocketFrameDecoder.defaultMaximumFramePayload) {
         self.role = role
@@ -282,7 +283,7 @@ public final class WebSocketFrameDecoder {
 
     private func advance(_ input: inout UnsafeMutableRawBufferPointer, by n: Int) {
         input = UnsafeMutableRawBufferPointer(rebasing: input[n...])
-        streamOffset += n
+        streamOffset &+= UInt64(n)
     }
 
     private func fail(_ reason: WebSocketProtocolError.Reason) -> WebSocketProtocolError {

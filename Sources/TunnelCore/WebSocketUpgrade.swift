@@ -337,7 +337,7 @@ struct BodyReader {
                 break
             } else if b == 0x3B {
                 chunk = .size(digits: digits, value: value, sawExtension: true)
-            } else if let d = hexValue(b), digits < 8 {
+            } else if let d = hexValue(b), digits < 7 { // 7 hex digits fit a 32-bit Int
                 chunk = .size(digits: digits + 1, value: value << 4 | d, sawExtension: false)
             } else {
                 return fail("invalid chunk size")

@@ -141,11 +141,56 @@ struct SelfTest {
     }
 }
 
+extension SelfTest {
+    /// Counts that outgrow a 32-bit Int (armv7) must wrap into 64 bits or be refused, never trap:
+    /// the WebSocket decoder's stream offset after more than 4 GiB, and numbers from the peer
+    /// larger than Int (a Content-Length).
+    mutating func thirtyTwoBitSafety() {
+        var frame: [UInt8] = [0x82, 0x7E, 0xFF, 0xFF] + [UInt8](repeating: 0, count: 65_535)
+        let decoder = WebSocketFrameDecoder(role: .client)
+        let frames = Int((UInt64(1) << 32) / 65_539 + 2)
+        var payloadBytes: UInt64 = 0
+        var failed = false
+        frame.withUnsafeMutableBytes { raw in
+            for _ in 0..<frames {
+                var input = raw
+                while input.count > 0 && !failed {
+                    do throws(WebSocketProtocolError) {
+                        if case .binary(let payload, _)? = try decoder.next(&input) { payloadBytes += UInt64(payload.count) }
+                    } catch {
+                        failed = true
+                    }
+                }
+            }
+        }
+        let total = UInt64(frames) * 65_539
+        check(!failed && decoder.streamOffset == total && total > UInt64(UInt32.max) && payloadBytes == UInt64(frames) * 65_535,
+              "WebSocket stream offset past 4 GiB (\(decoder.streamOffset) of \(total))")
+
+        let request = WebSocketUpgradeRequest(host: "localhost", mode: .destination, accessToken: "t", clientToken: nil,
+                                              keyBytes: [UInt8](repeating: 7, count: 16))
+        var reader = WebSocketUpgradeResponseReader(request: request)
+        let answer = Array("HTTP/1.1 403 Forbidden\r\nContent-Length: 99999999999999999\r\n\r\n".utf8)
+        var outcomeSeen = false
+        answer.withUnsafeBytes { raw in
+            var input = raw
+            do throws(WebSocketUpgradeError) {
+                _ = try reader.read(&input)
+                outcomeSeen = true
+            } catch {
+                outcomeSeen = true
+            }
+        }
+        check(outcomeSeen, "a Content-Length beyond Int is read or refused")
+    }
+}
+
 func runSelfTest() -> Int32 {
     var test = SelfTest()
     test.protobufVectors()
     test.webSocketVectors()
     test.ringBuffer()
+    test.thirtyTwoBitSafety()
     print("core-selftest: \(test.checks - test.failures) passed, \(test.failures) failed")
     return test.failures == 0 ? 0 : 1
 }

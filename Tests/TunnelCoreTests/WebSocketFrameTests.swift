@@ -501,7 +501,7 @@ struct WebSocketFrameTests {
     @Test("Protocol errors: exact reason, close code, offset and description", arguments: errorCases)
     func protocolErrors(_ c: WebSocketFrameErrorCase) throws {
         let stream = bytes(c.stream)
-        let expected = WebSocketProtocolError(c.reason, offset: c.offset)
+        let expected = WebSocketProtocolError(c.reason, offset: UInt64(c.offset))
         let role: WebSocketRole = c.server ? .server : .client
         let whole = decode([stream], role: role, maximumFramePayload: c.maximumFramePayload)
         let error = try #require(whole.error)
