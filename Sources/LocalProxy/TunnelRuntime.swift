@@ -230,6 +230,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         for w in signalWatchers { w.close() }
         signalWatchers.removeAll()
         tunnel?.abort("stopping")
+        Resolver.cancelAll()
         releaseHandles()
         for (_, link) in links { link.closeAfterFlush() }
     }

@@ -67,6 +67,9 @@ final class BuiltinResolver {
     private var exchanges: [DNSOverTCP] = []
     /// Counts tries, so that callbacks of an earlier try's sockets are recognised and dropped.
     private var generation = 0
+    /// Lookups in flight, so that a stopping proxy can end them (`Resolver.cancelAll`) instead of
+    /// waiting out their timeouts (up to timeout × attempts × nameservers).
+    nonisolated(unsafe) static var inFlight: [BuiltinResolver] = []
 
     private init(loop: EventLoop, host: String, port: UInt16, servers: [SocketAddress], lookup: DNSLookup,
                  completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
@@ -101,8 +104,17 @@ final class BuiltinResolver {
                                timeoutMilliseconds: settings.timeoutMilliseconds ?? UInt64(configuration.timeoutSeconds) * 1000,
                                nextID: randomQueryID)
         let resolver = BuiltinResolver(loop: loop, host: host, port: port, servers: servers, lookup: lookup, completion: completion)
+        inFlight.append(resolver)
         let first = resolver.lookup.start()
         resolver.perform(first)
+    }
+
+    /// Ends the lookup without calling its completion: its sockets and timer are closed.
+    func cancel() {
+        closeTransports()
+        timer.close()
+        completion = nil
+        BuiltinResolver.inFlight.removeAll { $0 === self }
     }
 
     /// Carries out what the lookup asks for.
@@ -126,6 +138,7 @@ final class BuiltinResolver {
         case .finished(let result):
             closeTransports()
             timer.close()
+            BuiltinResolver.inFlight.removeAll { $0 === self }
             let done = completion
             completion = nil
             switch result {

@@ -301,6 +301,14 @@ public final class Listener: Handle {
 /// runs it on libuv's thread pool, so the loop never blocks on DNS), or the built-in resolver
 /// (DNSResolver.swift). Builds with `-D LP_BUILTIN_DNS` leave getaddrinfo out entirely.
 public final class Resolver {
+    /// Ends every built-in lookup in flight without calling its completion, so that a stopping
+    /// program's loop can end at once. (A getaddrinfo already running on libuv's thread pool
+    /// cannot be interrupted; it ends by itself.)
+    public static func cancelAll() {
+        for lookup in BuiltinResolver.inFlight { lookup.cancel() }
+        BuiltinResolver.inFlight.removeAll()
+    }
+
     private let request: UnsafeMutablePointer<uv_getaddrinfo_t>
     private var completion: ((Result<[SocketAddress], UVError>) -> Void)? = nil
     private let port: UInt16

@@ -16,6 +16,7 @@ timeout, never on a sleep.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 from pathlib import Path
 
@@ -264,6 +265,25 @@ def test_silent_nameserver_times_out_after_every_try(localproxy, tunnel_certs, p
                 # Two tries of one second, each asking for A and AAAA.
                 assert 1.5 <= elapsed < 10, elapsed
                 assert nameserver.count(ENDPOINT_NAME) >= 4
+                assert service.handshakes == []
+
+    run(scenario())
+
+
+def test_stopping_ends_a_lookup_in_flight(localproxy, tunnel_certs, pb, monkeypatch, tmp_path):
+    """SIGTERM while a silent nameserver is being asked: the proxy exits 0 at once instead of
+    waiting out the lookup (two tries of 60 s here), so an init system's stop is not held up."""
+    async def scenario():
+        async with Nameserver({}, mode="silent") as nameserver, named_service(pb, tunnel_certs) as service:
+            use_builtin_resolver(monkeypatch, nameserver, tmp_path)
+            resolver_files(tmp_path, options="options timeout:60 attempts:2\n")
+            async with running_proxy(localproxy, service, "SSH=22", extra_args=BUILTIN) as proxy:
+                await nameserver.wait_until(lambda: len(nameserver.queries) >= 1, WAIT, "the first query")
+                started = asyncio.get_running_loop().time()
+                proxy.send_signal(signal.SIGTERM)
+                assert await proxy.wait_exit(WAIT) == 0, proxy.describe()
+                # WAIT (25 s) already bounds this; the first try alone would have taken 60 s.
+                assert asyncio.get_running_loop().time() - started < 60
                 assert service.handshakes == []
 
     run(scenario())
