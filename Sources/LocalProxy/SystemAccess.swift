@@ -24,31 +24,14 @@ public enum SystemAccess {
 
     /// Reads a whole file of at most `limit` bytes, with libuv's synchronous file calls.
     public static func readFile(_ path: String, limit: Int = 1 << 20) throws(FileError) -> [UInt8] {
-        var request = uv_fs_t()
-        let fd = withCString(path) { uv_fs_open(nil, &request, $0, O_RDONLY, 0, nil) }
-        uv_fs_req_cleanup(&request)
-        if fd < 0 { throw FileError(path: path, problem: UVError(fd, "opening").description) }
-        defer {
-            var closeRequest = uv_fs_t()
-            uv_fs_close(nil, &closeRequest, uv_file(fd), nil)
-            uv_fs_req_cleanup(&closeRequest)
+        let result: (bytes: [UInt8], complete: Bool)
+        do throws(UVError) {
+            result = try readSmallFile(path, limit: limit)
+        } catch {
+            throw FileError(path: path, problem: error.description)
         }
-        var data: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { raw -> Int32 in
-                var buffer = uv_buf_init(raw.baseAddress!.assumingMemoryBound(to: CChar.self), UInt32(raw.count))
-                var readRequest = uv_fs_t()
-                let result = uv_fs_read(nil, &readRequest, uv_file(fd), &buffer, 1, -1, nil)
-                uv_fs_req_cleanup(&readRequest)
-                return result
-            }
-            if n < 0 { throw FileError(path: path, problem: UVError(n, "reading").description) }
-            if n == 0 { break }
-            data.append(contentsOf: chunk[0..<Int(n)])
-            if data.count > limit { throw FileError(path: path, problem: "larger than \(limit) bytes") }
-        }
-        return data
+        guard result.complete else { throw FileError(path: path, problem: "larger than \(limit) bytes") }
+        return result.bytes
     }
 
     /// Permission bits of a file, or nil if it cannot be examined.

@@ -211,35 +211,11 @@ func randomQueryID() -> UInt16 {
     return id
 }
 
-/// Reads a small configuration file with libuv's synchronous calls: nil if it cannot be opened
-/// or read; a file longer than `limit` is cut after its last whole line within the limit.
+/// Reads a resolver file: nil if it cannot be opened or read; a file longer than `limit` is
+/// cut after its last whole line within the limit, so no line is parsed in part.
 func readResolverFile(_ path: String, limit: Int) -> [UInt8]? {
-    var request = uv_fs_t()
-    let fd = withCString(path) { uv_fs_open(nil, &request, $0, O_RDONLY, 0, nil) }
-    uv_fs_req_cleanup(&request)
-    guard fd >= 0 else { return nil }
-    defer {
-        var closeRequest = uv_fs_t()
-        uv_fs_close(nil, &closeRequest, uv_file(fd), nil)
-        uv_fs_req_cleanup(&closeRequest)
-    }
-    var data: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while data.count < limit {
-        let wanted = min(chunk.count, limit - data.count)
-        let n = chunk.withUnsafeMutableBytes { raw -> Int32 in
-            var buffer = uv_buf_init(raw.baseAddress!.assumingMemoryBound(to: CChar.self), UInt32(wanted))
-            var readRequest = uv_fs_t()
-            let result = uv_fs_read(nil, &readRequest, uv_file(fd), &buffer, 1, -1, nil)
-            uv_fs_req_cleanup(&readRequest)
-            return result
-        }
-        if n < 0 { return nil }
-        if n == 0 { return data }
-        data += chunk[0..<Int(n)]
-    }
-    // At the limit: keep whole lines only, so no line is parsed in part.
-    if let lastLine = data.lastIndex(of: 0x0A) { data.removeSubrange((lastLine + 1)...) }
+    guard var (data, complete) = try? readSmallFile(path, limit: limit) else { return nil }
+    if !complete, let lastLine = data.lastIndex(of: 0x0A) { data.removeSubrange((lastLine + 1)...) }
     return data
 }
 
