@@ -6,6 +6,8 @@
 #   make cross     both ARM device binaries (make deps-cross installs the cross packages)
 #   make footprint armv7 static and fully static builds against their size budgets
 #   make demo      the whole tunnel on this machine: emulator, AWS CLI, both proxies, SSH
+#   make bench     throughput harness: our builds (and BASELINE_LOCALPROXY=path) side by side
+#   make bench-tools  the harness's relay and cipher-ceiling tools (.build-bench/)
 
 SHELL        := /bin/bash
 SWIFT        ?= swift
@@ -14,7 +16,7 @@ SWIFTC       ?= $(shell command -v swiftc)
 TC           := $(abspath $(dir $(realpath $(SWIFTC)))/../..)
 VENV         := .venv
 PY           := $(VENV)/bin/python
-APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client
+APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev
 PEERS        := Tests/Peers
 
 # Embedded build of the device binary.
@@ -104,7 +106,7 @@ EMB_OBJECTS    := $(addprefix $(EMB_DIR)/,$(addsuffix .o,$(DEVICE_MODULES)))
 CROSS_PACKAGES := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
                   libuv1-dev:arm64 libuv1-dev:armhf libmbedtls-dev:arm64 libmbedtls-dev:armhf qemu-user-static
 
-.PHONY: all deps deps-apt deps-cross venv build test test-swift test-peers embedded mbedtls cross footprint footprint-check test-cross demo clean
+.PHONY: all deps deps-apt deps-cross venv build test test-swift test-peers embedded mbedtls cross footprint footprint-check test-cross demo clean bench bench-tools
 
 all: build
 
@@ -139,9 +141,10 @@ build: deps-apt
 	$(SWIFT) build
 
 BIN_PATH = $$($(SWIFT) build --show-bin-path)
-PEER_ENV = WIRE_PROBE=$(BIN_PATH)/wire-probe LOCALPROXY=$(BIN_PATH)/localproxy TUNNEL_SERVICE=$(BIN_PATH)/tunnel-service
+PEER_ENV = WIRE_PROBE=$(BIN_PATH)/wire-probe LOCALPROXY=$(BIN_PATH)/localproxy TUNNEL_SERVICE=$(BIN_PATH)/tunnel-service \
+           BENCH_TOOLS=$(CURDIR)/$(BENCH_DIR)
 
-test: deps
+test: deps bench-tools
 	$(SWIFT) build --product wire-probe
 	$(SWIFT) build --product localproxy
 	$(SWIFT) build --product tunnel-service
@@ -151,7 +154,7 @@ test: deps
 test-swift: deps-apt
 	$(SWIFT) test
 
-test-peers: deps
+test-peers: deps bench-tools
 	$(SWIFT) build --product wire-probe
 	$(SWIFT) build --product localproxy
 	$(SWIFT) build --product tunnel-service
@@ -243,7 +246,7 @@ footprint-check:
 # nameserver and the same destination tests.
 CROSS_TESTS := simultaneous_v3 or big_transfer or dropping_tcp or slow_local_consumer or close_frame_from_service or signal_closes
 CROSS_ENV    = LOCALPROXY=$(CURDIR)/scripts/qemu-localproxy LP_E2E_BIG_MIB=32
-test-cross: cross venv
+test-cross: cross venv bench-tools
 	$(MAKE) embedded ARCH=armv7 LINK=fullstatic
 	for arch in aarch64 armv7; do \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_destination.py -k "$(CROSS_TESTS)" || exit 1; \
@@ -251,9 +254,57 @@ test-cross: cross venv
 	done
 	LP_CROSS_ARCH=armv7 LP_CROSS_LINK=fullstatic $(CROSS_ENV) \
 	  $(VENV)/bin/pytest -q $(PEERS)/test_dns_resolver.py $(PEERS)/test_destination.py -k "dns or $(CROSS_TESTS)"
+	@# The throughput harness with an emulated ARM build as both proxies (its figures are
+	@# labelled emulated): correctness of the harness under qemu, not speed.
+	LP_CROSS_ARCH=armv7 LOCALPROXY=$(CURDIR)/scripts/qemu-localproxy BENCH_TOOLS=$(CURDIR)/$(BENCH_DIR) \
+	  $(VENV)/bin/pytest -q $(PEERS)/test_bench.py::test_a_tiny_run_reports_every_figure
 
 # Cross-build pieces kept beside their sources (ABI guard, Swift SDK bundle...).
 -include $(wildcard cross/*.mk)
+
+# The throughput harness (scripts/bench/bench.py, docs/BENCHMARKS.md): load -> source proxy ->
+# opaque TLS WebSocket relay -> destination proxy -> sink, for our host release build and our
+# Embedded static build (and BASELINE_LOCALPROXY, any other local proxy binary, in the same
+# run), with the plain-TCP and record-cipher ceilings. Results go to bench-results/.
+BENCH_DIR         := .build-bench
+BENCH_BYTES       ?= 256MiB
+BENCH_DIRECTIONS  ?= up,down
+BENCH_CONNECTIONS ?= 1,8,64
+BENCH_RUNS        ?= 3
+BENCH_PATTERN     ?= random
+BENCH_ARGS        ?=
+BASELINE_LOCALPROXY ?=
+BENCH_EMBEDDED    := .build-embedded/x86_64-static/localproxy
+BENCH_CC          := $(TC)/usr/bin/clang -O2 -Wall -Wextra
+
+bench-tools: $(BENCH_DIR)/wsrelay $(BENCH_DIR)/aead-ceiling-system
+
+$(BENCH_DIR)/wsrelay: scripts/bench/wsrelay.c | deps-apt
+	@mkdir -p $(BENCH_DIR)
+	$(BENCH_CC) -o $@ $< -lssl -lcrypto
+
+# The cipher ceiling against Debian's shared mbedTLS (what the host build links)...
+$(BENCH_DIR)/aead-ceiling-system: scripts/bench/aead-ceiling.c | deps-apt
+	@mkdir -p $(BENCH_DIR)
+	$(BENCH_CC) -o $@ $< -lmbedcrypto
+
+# ...and against the minimal mbedTLS of the static device build, with the device's C flags.
+$(BENCH_DIR)/aead-ceiling-$(ARCH)-static: scripts/bench/aead-ceiling.c $(MBEDTLS_ARCHIVES)
+	@mkdir -p $(BENCH_DIR)
+	$(TC)/usr/bin/clang $(DEVICE_CFLAGS) -Wall -Wextra -isystem $(MBEDTLS_DIR)/include -o $@ $< \
+	  $(MBEDTLS_DIR)/library/libmbedcrypto.a
+
+bench: deps bench-tools
+	$(SWIFT) build -c release --product localproxy
+	$(MAKE) embedded ARCH=x86_64 LINK=static
+	$(MAKE) $(BENCH_DIR)/aead-ceiling-x86_64-static ARCH=x86_64
+	$(PY) scripts/bench/bench.py run --relay $(BENCH_DIR)/wsrelay \
+	  --proxy ours-host=$$($(SWIFT) build -c release --show-bin-path)/localproxy \
+	  --aead ours-host=$(BENCH_DIR)/aead-ceiling-system \
+	  --proxy ours-embedded=$(BENCH_EMBEDDED) --aead ours-embedded=$(BENCH_DIR)/aead-ceiling-x86_64-static \
+	  $(if $(BASELINE_LOCALPROXY),--proxy baseline=$(BASELINE_LOCALPROXY) --baseline baseline) \
+	  --bytes $(BENCH_BYTES) --directions $(BENCH_DIRECTIONS) --connections $(BENCH_CONNECTIONS) \
+	  --runs $(BENCH_RUNS) --pattern $(BENCH_PATTERN) $(BENCH_ARGS)
 
 # The main job: a whole tunnel on this machine (emulator, AWS CLI, both proxies, SSH).
 demo: deps
@@ -262,4 +313,4 @@ demo: deps
 	scripts/demo.sh
 
 clean:
-	rm -rf .build .build-embedded
+	rm -rf .build .build-embedded $(BENCH_DIR)
