@@ -384,7 +384,10 @@ def test_a_tiny_run_reports_every_figure(tmp_path, localproxy):
             assert all(name.startswith(("ECDHE-", "TLS_")) for name in row["suites"].values())
             assert row["emulated"] == emulated
             if not emulated:
-                assert row["sender_vs_ceiling"] > 0 if direction != "both" else "ceiling" in row
+                assert "ceiling" in row, row
+                if direction != "both":
+                    # CPU ticks are 10 ms: a 2 MiB run may count none, so only the presence is checked.
+                    assert row["sender_vs_ceiling"] >= 0 and row["receiver_vs_ceiling"] >= 0
                 assert row["vs_plain_tcp"] > 0
     table = results["_stdout"]
     assert "ours" in table and "MB/s" in table

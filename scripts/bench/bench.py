@@ -155,13 +155,20 @@ class Child:
     def pid(self) -> int:
         return self.proc.pid
 
-    def expect(self, prefix: str, timeout: float = WAIT) -> str:
-        """The next stdout line starting with `prefix`; fails if the process ends first."""
+    def expect(self, prefix: str, timeout: float = WAIT, alive: tuple["Child", ...] = ()) -> str:
+        """The next stdout line starting with `prefix`; fails if the process ends first, or if
+        one of `alive` (the processes that should make it speak) exits meanwhile."""
         deadline = time.monotonic() + timeout
         while True:
+            for other in alive:
+                if other.proc.poll() is not None:
+                    raise RuntimeError(f"{other.name} exited ({other.proc.returncode}) while {self.name} "
+                                       f"waited for it: {other.tail()}")
             try:
-                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+                line = self.lines.get(timeout=0.1 if alive else max(deadline - time.monotonic(), 0.01))
             except queue.Empty:
+                if time.monotonic() < deadline:
+                    continue
                 raise RuntimeError(f"{self.name} did not say {prefix!r} within {timeout:.0f} s; "
                                    f"see {self.log}") from None
             if line is None:
@@ -170,6 +177,15 @@ class Child:
                                    f"see {self.log}")
             if line.startswith(prefix):
                 return line
+
+    def tail(self, lines: int = 3) -> str:
+        """The last lines the process wrote to stderr, and where the rest is."""
+        self.stderr.flush()
+        try:
+            text = self.log.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            text = []
+        return " | ".join(text) + f" (log: {self.log})"
 
     def send(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
@@ -248,13 +264,13 @@ class Chain:
                 common = ["-e", f"127.0.0.1:{mid_port}", "-k", "-v", str(self.options.verbose)]
                 dst = processes.start("destination", [path, "-d", f"127.0.0.1:{sink_port}", *common],
                                       logs / f"{stem}-dst.log", env=env)
-                suites["destination"] = mid.expect("connected destination").split(" ", 3)[2]
+                suites["destination"] = mid.expect("connected destination", alive=(dst,)).split(" ", 3)[2]
                 src_port = free_port()
                 src = processes.start("source", [path, "-s", str(src_port), *common],
                                       logs / f"{stem}-src.log", env=env)
-                line = mid.expect("connected source")
+                line = mid.expect("connected source", alive=(dst, src))
                 suites["source"] = line.split(" ", 3)[2]
-                mid.expect("paired")
+                mid.expect("paired", alive=(dst, src))
                 deadline = time.monotonic() + WAIT
                 while not listening(src_port):
                     if src.proc.poll() is not None or time.monotonic() > deadline:
@@ -416,6 +432,7 @@ def command_run(options) -> int:
             for direction, connections in configs:
                 step += 1
                 runs = []
+                failures: list[str] = []
                 attempts = 0
                 while len(runs) < options.runs:
                     attempts += 1
@@ -428,7 +445,15 @@ def command_run(options) -> int:
                               end="", file=sys.stderr, flush=True)
 
                     progress(0)
-                    run = chain.run(label if path else None, path, direction, connections, label, progress)
+                    try:
+                        run = chain.run(label if path else None, path, direction, connections, label, progress)
+                    except RuntimeError as error:
+                        # A proxy that loses data or stalls is a result, not a harness crash.
+                        print(f"\n  {label} {direction} x{connections} failed: {error}", file=sys.stderr)
+                        failures.append(str(error))
+                        if len(failures) >= options.runs:
+                            break
+                        continue
                     run["idle_wait_s"] = waited
                     if run["disturbed"] and attempts < options.runs * 3 and options.idle_gate:
                         print(f"\n  disturbed ({run['other_cores']:.2f} cores used by other processes): "
@@ -437,7 +462,9 @@ def command_run(options) -> int:
                     runs.append(run)
                 print(file=sys.stderr)
                 row = {"proxy": label, "direction": direction, "connections": connections,
-                       "emulated": label in options.emulated, "runs": runs, **summarize(runs)}
+                       "emulated": label in options.emulated, "runs": runs, "failures": failures}
+                if runs:
+                    row.update(summarize(runs))
                 results["rows"].append(row)
     except KeyboardInterrupt:
         interrupted = True
@@ -446,16 +473,20 @@ def command_run(options) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     table = render_table(results)
     (out / "table.txt").write_text(table)
-    if results["rows"]:
+    if any(row["runs"] for row in results["rows"]):
         (out / "plot.svg").write_text(render_svg(results))
     print(table)
     print(f"\nresults: {out}/results.json, table.txt, plot.svg")
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    # Runs of a proxy under test that failed fail the harness; the baseline's are its result.
+    failed = [row for row in results["rows"] if row["failures"] and row["proxy"] != options.baseline]
+    return 3 if failed else 0
 
 
 def annotate(results: dict, options) -> None:
     """Ratios: each proxy's CPU to its cipher ceiling, and to the baseline in the same run."""
-    rows = results["rows"]
+    rows = [row for row in results["rows"] if row["runs"]]
     for row in rows:
         sender, receiver = ("source", "destination") if row["direction"] != "down" else ("destination", "source")
         row["sender"], row["receiver"] = sender, receiver

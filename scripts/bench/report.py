@@ -24,12 +24,18 @@ def render_table(results: dict) -> str:
               "peak RSS src/dst", "rtt p50/p99 ms", "setup ms", "suite (src/dst)", "note")
     rows = []
     for row in results["rows"]:
+        if not row["runs"]:
+            rows.append((row["proxy"], row["direction"], str(row["connections"]), "FAILED", *[""] * 8,
+                         f"every run failed: {row['failures'][0]}"[:160]))
+            continue
         cpu = row["cpu_ms_per_mb"]
         sender, receiver = row.get("sender", "source"), row.get("receiver", "destination")
         suites = row.get("suites") or {}
         notes = []
         if row.get("emulated"):
             notes.append("emulated")
+        if row.get("failures"):
+            notes.append(f"{len(row['failures'])} failed run(s): {row['failures'][0][:80]}")
         if row.get("disturbed_runs"):
             notes.append(f"{row['disturbed_runs']} disturbed")
         if "vs_baseline" in row:
@@ -64,7 +70,7 @@ def render_table(results: dict) -> str:
 def render_svg(results: dict) -> str:
     """Two bar charts side by side: chain MB/s, and CPU-ms/MB of the sending and receiving
     proxies, one group of bars per configuration and one colour per proxy."""
-    rows = results["rows"]
+    rows = [row for row in results["rows"] if row["runs"]]
     proxies = list(dict.fromkeys(r["proxy"] for r in rows))
     configs = list(dict.fromkeys((r["direction"], r["connections"]) for r in rows))
     colours = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1"]

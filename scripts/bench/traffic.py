@@ -216,7 +216,10 @@ class Load:
                     sent_crc = [0]
                     if mode in (b"U", b"B"):
                         def send() -> None:
-                            sent_crc[0] = send_stream(sock, self.payload, offset, count, counters[index])
+                            try:
+                                sent_crc[0] = send_stream(sock, self.payload, offset, count, counters[index])
+                            except OSError as error:
+                                errors.append(f"connection {index}: sending failed: {error}")
                         sender = threading.Thread(target=send)
                         sender.start()
                     if mode in (b"D", b"B"):
