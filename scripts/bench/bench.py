@@ -233,12 +233,12 @@ class Chain:
         self.certs = certs
 
     def run(self, proxy: str | None, path: str | None, direction: str, connections: int,
-            label: str, progress) -> dict:
-        """One run; `proxy` None is the plain-TCP ceiling."""
+            label: str, progress, attempt: int = 1) -> dict:
+        """One run; `proxy` None is the plain-TCP ceiling. Each run keeps its own logs."""
         processes = Processes()
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
-        stem = f"{label}-{direction}-{connections}".replace("/", "_")
+        stem = f"{label}-{direction}-{connections}-run{attempt}".replace("/", "_")
         try:
             sink = processes.start("sink", role_argv("sink", "--pattern", self.options.pattern),
                                    logs / f"{stem}-sink.log")
@@ -446,7 +446,8 @@ def command_run(options) -> int:
 
                     progress(0)
                     try:
-                        run = chain.run(label if path else None, path, direction, connections, label, progress)
+                        run = chain.run(label if path else None, path, direction, connections, label, progress,
+                                        attempts)
                     except RuntimeError as error:
                         # A proxy that loses data or stalls is a result, not a harness crash.
                         print(f"\n  {label} {direction} x{connections} failed: {error}", file=sys.stderr)
