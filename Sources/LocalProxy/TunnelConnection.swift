@@ -210,7 +210,7 @@ public final class TunnelConnection {
             do {
                 let status = try tls.handshake()
                 if status == .done {
-                    logger.debug("TLS established with \(target): \(tls.negotiated)")
+                    logger.info("TLS established with \(target): \(tls.negotiated)")
                     sendUpgradeRequest(tls)
                 }
             } catch {

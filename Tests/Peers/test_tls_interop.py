@@ -247,6 +247,20 @@ def test_suite(localproxy, pki, wait, key, suite):
     assert (version, negotiated) == ("TLSv1.2", SUITES[suite])
 
 
+@pytest.mark.parametrize("key", ["p256", "rsa2048"])
+def test_chacha20_poly1305_first_when_the_server_lets_the_client_choose(localproxy, pki, wait, key):
+    """With stock mbedTLS, ChaCha20-Poly1305 is our cheapest record cipher on every architecture
+    we ship, x86_64 with AES-NI included (docs/BENCHMARKS.md: 2.8-3.1 CPU-ms/MB against
+    3.6-4.5 for AES-GCM), so it must stay first in what we offer. s_server without -serverpref
+    takes the client's order."""
+    leaf = server_cert(pki, key)
+    _, suites = SERVER_KEYS[key]
+    with SServer(leaf.cert, leaf.key, cipher=":".join(suites), groups=ALL_GROUPS) as server:
+        version, negotiated = expect_established(localproxy, server, leaf.issuer.cert, wait)
+    assert version == "TLSv1.2"
+    assert "CHACHA20-POLY1305" in negotiated, f"negotiated {negotiated}"
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_group(localproxy, pki, wait, group):
     # With one group allowed, s_server can only complete an ECDHE handshake in that group.
