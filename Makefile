@@ -61,7 +61,6 @@ endif
 # source of the packaged version; its headers replace the system ones for the Swift importer.
 MBEDTLS_VERSION := 2.28.3
 MBEDTLS_TARBALL := mbedtls_$(MBEDTLS_VERSION).orig.tar.gz
-MBEDTLS_URL     := http://deb.debian.org/debian/pool/main/m/mbedtls/$(MBEDTLS_TARBALL)
 MBEDTLS_SHA256  := 3b4953aa55a681e084d31892d9904cc5328d6b4958ea57b90ae4b4f94ae69a8d
 DOWNLOADS       := .build-embedded/downloads
 MBEDTLS_DIR     := .build-embedded/mbedtls-$(ARCH)
@@ -187,15 +186,12 @@ embedded: deps-apt $(EMB_MBEDTLS)
 	@$(TC)/usr/bin/$(EMB_LINK) $(EMB_DIR)/core-selftest.o $(EMB_OBJECTS) $(EMB_LIBS) -o $(EMB_DIR)/core-selftest
 	@$(RUNNER) $(EMB_DIR)/core-selftest
 
-# The minimal mbedTLS: Debian's upstream tarball of the packaged version (checked against its
-# SHA-256), unpacked under .build-embedded, configured by cross/mbedtls/config.h. Nothing of it
-# is committed.
+# The minimal mbedTLS: the upstream tarball of Debian's source package of the packaged version,
+# fetched through this machine's own apt sources (scripts/debian-source.sh derives deb-src
+# entries in a private apt state; nothing names a host), checked against its SHA-256, unpacked
+# under .build-embedded and configured by cross/mbedtls/config.h. Nothing of it is committed.
 $(DOWNLOADS)/$(MBEDTLS_TARBALL):
-	@mkdir -p $(DOWNLOADS)
-	curl -fsSL --retry 3 -o $@.part $(MBEDTLS_URL)
-	@echo "$(MBEDTLS_SHA256)  $@.part" | sha256sum -c --quiet - || \
-	  { echo "$(MBEDTLS_URL): SHA-256 differs from the pinned one; refusing to build with it"; rm -f $@.part; exit 1; }
-	mv $@.part $@
+	scripts/debian-source.sh mbedtls $(MBEDTLS_TARBALL) $(MBEDTLS_SHA256) $(DOWNLOADS)
 
 $(MBEDTLS_ARCHIVES) &: $(DOWNLOADS)/$(MBEDTLS_TARBALL) cross/mbedtls/config.h
 	rm -rf $(MBEDTLS_DIR) && mkdir -p $(MBEDTLS_DIR)
