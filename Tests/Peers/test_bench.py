@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 import random
+import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -420,3 +422,39 @@ def test_aead_ceiling_reports_each_suite():
     for suite in ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305"):
         figures = report["suites"][suite]
         assert figures["encrypt_ms_per_mb"] > 0 and figures["decrypt_ms_per_mb"] > 0
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rpartition(")")[2].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError):
+                pass
+    return found
+
+
+def test_ctrl_c_stops_every_process_the_harness_started(tmp_path, localproxy):
+    harness = subprocess.Popen(
+        [sys.executable, str(BENCH / "bench.py"), "run", "--relay", tool("wsrelay"), "--out", str(tmp_path),
+         "--no-idle-gate", "--no-plain", "--runs", "1", "--proxy", f"ours={localproxy}", "--bytes", "64GiB",
+         "--connections", "1", "--directions", "up", "--latency-samples", "5", "--setup-samples", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The progress line shows bytes moving once the transfer runs (read as it comes, no sleep).
+    seen = ""
+    deadline = time.monotonic() + 120
+    while not re.search(r"run 1/1:\s+[1-9][0-9.]* / ", seen):
+        assert time.monotonic() < deadline and harness.poll() is None, f"no transfer started: {seen[-2000:]}"
+        seen += harness.stderr.read(1)
+    started = children_of(harness.pid)
+    assert len(started) == 5, f"expected sink, relay, two proxies and load, found {started}"
+    harness.send_signal(signal.SIGINT)
+    assert harness.wait(60) == 130
+    harness.stdout.read()
+    harness.stderr.read()
+    alive = [pid for pid in started if os.path.exists(f"/proc/{pid}") and
+             open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "Z"]
+    assert not alive, f"still running after Ctrl-C: {alive}"

@@ -422,6 +422,7 @@ def command_run(options) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         for name, tool in (tuple(spec.split("=", 1)) for spec in options.aead):
             print(f"aead ceiling {name}: {tool} --mib {options.aead_mib}", file=sys.stderr)
