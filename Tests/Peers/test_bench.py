@@ -314,6 +314,41 @@ def test_a_reader_that_stops_holds_the_sender_back_with_bounded_memory(relay):
     assert got >= sent[0]
 
 
+def test_one_way_traffic_resumes_after_every_pause_of_the_reader(relay):
+    """A reader that pauses until the sender is blocked, then reads on: each time the relay
+    must start reading the sender again by itself, with no frame coming the other way to wake
+    it (a relay that needed one would stall one-way benchmark transfers)."""
+    source, destination = paired(relay)
+    frame_payload = bytes(65536)
+    frame = client_frame(2, frame_payload)
+    expected = server_frame(2, frame_payload)
+    total = 2048  # 128 MiB
+    sent = [0]
+
+    def send() -> None:
+        for _ in range(total):
+            source.sock.sendall(frame)
+            sent[0] += 1
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    destination.sock.settimeout(WAIT)
+    received = 0
+    while received < total:
+        # Read a burst, then wait (bounded) until the sender stops making progress.
+        for _ in range(min(96, total - received)):
+            assert destination.read_exact(len(expected)) == expected, f"frame {received} differs"
+            received += 1
+        last, still = sent[0], 0
+        deadline = time.monotonic() + WAIT
+        while still < 3 and sent[0] < total and time.monotonic() < deadline:
+            time.sleep(0.02)
+            still = still + 1 if sent[0] == last else 0
+            last = sent[0]
+    sender.join(WAIT)
+    assert sent[0] == total
+
+
 # ---------------------------------------------------------------------------------------------
 # Traffic ends
 
