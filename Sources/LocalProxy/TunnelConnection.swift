@@ -226,14 +226,20 @@ public final class TunnelConnection {
             // Decrypt and parse until neither moves: parsing frees plaintext room, which lets
             // more ciphertext be decrypted, which frees room for the socket. With the socket
             // stopped (its ring full), no later read event would come to do it.
+            // Progress is counted in bytes moved, not in bytes left buffered: mbedTLS keeps the
+            // rest of a record it already took out of `ciphertextIn`, so one round can decrypt
+            // exactly what parsing then consumes, leave every count as it was, and still have
+            // more waiting inside mbedTLS. Stopping then stalled a paused receiver until some
+            // unrelated write woke it (10 s in `make bench`, ended by a linger timer).
             while true {
-                let before = tls.ciphertextIn.readableCount + plaintext.readableCount
+                let beforeDecrypting = plaintext.readableCount
                 decrypt(tls)
                 if state == .closed { return }
+                let beforeParsing = plaintext.readableCount
                 process()
                 if state == .closed { return }
-                let after = tls.ciphertextIn.readableCount + plaintext.readableCount
-                if after == before || after == 0 || (delegate?.tunnelReadingPaused ?? false) { break }
+                let moved = beforeParsing != beforeDecrypting || plaintext.readableCount != beforeParsing
+                if !moved || (delegate?.tunnelReadingPaused ?? false) { break }
             }
             if tls.receivedCloseNotify && plaintext.readableCount == 0 && pendingChunk.isEmpty {
                 fail(.failed("the service ended TLS without a WebSocket close frame"))

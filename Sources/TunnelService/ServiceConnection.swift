@@ -175,14 +175,17 @@ final class ServiceConnection {
             // Decrypting frees ciphertext room for the socket and parsing frees plaintext room
             // for decryption, so go round until neither moves: with the socket stopped, no
             // later read event would come to do it.
+            // Progress is counted in bytes moved, not bytes left buffered: mbedTLS keeps the rest
+            // of a record it already took out of `ciphertextIn`, so a round can decrypt exactly
+            // what parsing consumes and leave every count unchanged with more still inside it.
             while true {
-                let before = tls.ciphertextIn.readableCount + plaintext.readableCount + pendingChunk.count
+                let beforeDecrypting = plaintext.readableCount
                 decrypt()
                 if state == .closed { return }
+                let beforeParsing = plaintext.readableCount
                 process()
                 if state == .closed { return }
-                let after = tls.ciphertextIn.readableCount + plaintext.readableCount + pendingChunk.count
-                if after == before || after == 0 { break }
+                if beforeParsing == beforeDecrypting && plaintext.readableCount == beforeParsing { break }
                 if isPaused {
                     // Sending what is queued is what makes room again.
                     plane.flushPeer(of: self)
