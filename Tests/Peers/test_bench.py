@@ -35,6 +35,7 @@ from conftest import REPO_ROOT
 BENCH = REPO_ROOT / "scripts" / "bench"
 sys.path.insert(0, str(BENCH))
 
+import bench  # noqa: E402
 import traffic  # noqa: E402
 
 WAIT = 20.0
@@ -51,12 +52,7 @@ def tool(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def relay_certs(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("relay")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost"],
-                   check=True, capture_output=True)
-    return cert, key
+    return bench.make_certs(tmp_path_factory.mktemp("relay"))
 
 
 class RelayProcess:
@@ -88,8 +84,7 @@ class RelayProcess:
             return found[0]
 
     def peak_rss_kib(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return bench.peak_rss_kib(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.kill()

@@ -132,8 +132,12 @@ struct aead {
 static int aead_init(struct aead *a, enum aead_kind kind, const uint8_t *key,
                      unsigned key_bits, const char **why, char *whybuf, size_t whylen)
 {
-    int ret;
+    int ret = 0;
+    const char *call = NULL;
 
+    /* Each parameter is used only by the algorithms this build has. */
+    (void)key;
+    (void)key_bits;
     a->kind = kind;
     a->initialised = 0;
     switch (kind) {
@@ -142,48 +146,34 @@ static int aead_init(struct aead *a, enum aead_kind kind, const uint8_t *key,
         mbedtls_gcm_init(&a->gcm);
         a->initialised = 1;
         ret = mbedtls_gcm_setkey(&a->gcm, MBEDTLS_CIPHER_ID_AES, key, key_bits);
-        if (ret != 0) {
-            snprintf(whybuf, whylen,
-                     "mbedtls_gcm_setkey with a %u-bit AES key returned -0x%04X",
-                     key_bits, mbedtls_code(ret));
-            *why = whybuf;
-            return -1;
-        }
-        return 0;
+        call = "mbedtls_gcm_setkey";
+        break;
 #else
-        (void)key;
-        (void)key_bits;
-        (void)ret;
-        (void)whybuf;
-        (void)whylen;
         *why = "MBEDTLS_GCM_C is not enabled in this mbedTLS build";
         return -1;
 #endif
     case KIND_CHACHAPOLY:
 #if defined(MBEDTLS_CHACHAPOLY_C)
-        (void)key_bits; /* always 256 */
         mbedtls_chachapoly_init(&a->chachapoly);
         a->initialised = 1;
-        ret = mbedtls_chachapoly_setkey(&a->chachapoly, key);
-        if (ret != 0) {
-            snprintf(whybuf, whylen, "mbedtls_chachapoly_setkey returned -0x%04X",
-                     mbedtls_code(ret));
-            *why = whybuf;
-            return -1;
-        }
-        return 0;
+        ret = mbedtls_chachapoly_setkey(&a->chachapoly, key); /* always a 256-bit key */
+        call = "mbedtls_chachapoly_setkey";
+        break;
 #else
-        (void)key;
-        (void)key_bits;
-        (void)ret;
-        (void)whybuf;
-        (void)whylen;
         *why = "MBEDTLS_CHACHAPOLY_C is not enabled in this mbedTLS build";
         return -1;
 #endif
+    default:
+        *why = "unknown algorithm";
+        return -1;
     }
-    *why = "unknown algorithm";
-    return -1;
+    if (ret != 0) {
+        snprintf(whybuf, whylen, "%s with a %u-bit key returned -0x%04X", call, key_bits,
+                 mbedtls_code(ret));
+        *why = whybuf;
+        return -1;
+    }
+    return 0;
 }
 
 static void aead_free(struct aead *a)

@@ -232,9 +232,10 @@ class Chain:
         self.workdir = workdir
         self.certs = certs
 
-    def run(self, proxy: str | None, path: str | None, direction: str, connections: int,
+    def run(self, path: str | None, direction: str, connections: int,
             label: str, progress, attempt: int = 1) -> dict:
-        """One run; `proxy` None is the plain-TCP ceiling. Each run keeps its own logs."""
+        """One run of the proxy binary at `path`; None is the plain-TCP ceiling. Each run keeps
+        its own logs."""
         processes = Processes()
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
@@ -245,7 +246,7 @@ class Chain:
             sink_port = int(sink.expect("listening").split()[1])
             pids: dict[str, int] = {"sink": sink.pid}
             suites: dict[str, str] = {}
-            if proxy is None:
+            if path is None:
                 dst = processes.start("destination", role_argv("forward", "--target", str(sink_port)),
                                       logs / f"{stem}-dst.log")
                 dst_port = int(dst.expect("listening").split()[1])
@@ -447,7 +448,7 @@ def command_run(options) -> int:
 
                     progress(0)
                     try:
-                        run = chain.run(label if path else None, path, direction, connections, label, progress,
+                        run = chain.run(path, direction, connections, label, progress,
                                         attempts)
                     except RuntimeError as error:
                         # A proxy that loses data or stalls is a result, not a harness crash.

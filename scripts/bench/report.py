@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from html import escape
 
+# The XML namespace name that marks a document as SVG. It is an identifier that nothing
+# downloads; without it browsers show the plot as plain XML.
+SVG_NAMESPACE = "http://www.w3.org/2000/svg"
+
 
 def _range(stat: dict, digits: int = 2) -> str:
     return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
@@ -81,7 +85,7 @@ def render_svg(results: dict) -> str:
     cpu_group = bar * 2 * len(proxies) + gap
     cpu_width = cpu_group * len(configs) + 20
     width = left + chart_width + 80 + cpu_width + 20
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + height + 110}" '
+    out = [f'<svg xmlns="{SVG_NAMESPACE}" width="{width}" height="{top + height + 110}" '
            'font-family="sans-serif" font-size="11">',
            f'<rect width="{width}" height="{top + height + 110}" fill="white"/>']
 

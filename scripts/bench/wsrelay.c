@@ -355,14 +355,18 @@ static int upgrade(struct side *s, size_t head_len) {
     memcpy(head, s->in, head_len);
     head[head_len] = 0;
     const char *why = NULL;
+    /* The mode is read from the request line only (the head always holds a CRLF). */
+    char *line_end = strstr(head, "\r\n");
+    *line_end = 0;
     if (strncmp(head, "GET /tunnel", 11) != 0)
         why = "not a GET /tunnel request";
-    else if (strstr(head, "local-proxy-mode=source") && strstr(head, "local-proxy-mode=source") < strstr(head, "\r\n"))
+    else if (strstr(head, "local-proxy-mode=source"))
         s->role = "source";
-    else if (strstr(head, "local-proxy-mode=destination") && strstr(head, "local-proxy-mode=destination") < strstr(head, "\r\n"))
+    else if (strstr(head, "local-proxy-mode=destination"))
         s->role = "destination";
     else
         why = "local-proxy-mode is neither source nor destination";
+    *line_end = '\r';
     char protocol[64] = "";
     const char *offered = why ? NULL : header_value(head, "Sec-WebSocket-Protocol");
     if (!why && offered) {
