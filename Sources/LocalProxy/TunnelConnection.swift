@@ -63,11 +63,12 @@ public struct TunnelEndpoint {
 /// One WebSocket connection to the tunneling service: TCP, then TLS (mbedTLS over rings), then
 /// the HTTP upgrade, then tunnel messages in binary frames. Client role.
 ///
-/// Inbound bytes flow socket → `tls.ciphertextIn` → (decrypt) → `plaintext` → WebSocket decoder
-/// → tunnel frame decoder → delegate. Each stage stops when the next is full, and parsing stops
-/// while the delegate is congested, so memory stays fixed and back-pressure reaches the service
-/// as a full TCP window.
-public final class TunnelConnection {
+/// The bytes go through a `TunnelPipeline` (the same one the emulated service runs as a
+/// server): socket → `tls.ciphertextIn` → decrypt → plaintext → WebSocket decoder → tunnel
+/// frame decoder → delegate. Each stage stops when the next is full, and parsing stops while
+/// the delegate is congested, so memory stays fixed and back-pressure reaches the service as a
+/// full TCP window. This class does the I/O, the timers and the connection's lifecycle.
+public final class TunnelConnection: TunnelPipelineHandler {
     enum State {
         case resolving
         case connecting
@@ -92,36 +93,22 @@ public final class TunnelConnection {
 
     private(set) var state = State.resolving
     private var socket: Stream? = nil
-    private var tls: TLSEngine? = nil
-    private let plaintext: RingBuffer
-    private var upgradeRequest: WebSocketUpgradeRequest? = nil
+    private var pipeline: TunnelPipeline? = nil
     private var responseReader: WebSocketUpgradeResponseReader? = nil
-    private let webSocket = WebSocketFrameDecoder(role: .client)
-    private let frames = TunnelFrameDecoder()
-    /// The rest of the current binary frame's payload that the tunnel decoder has not taken
-    /// yet: a view into `plaintext`, whose bytes are consumed as they are taken.
-    private var pendingChunk = UnsafeRawBufferPointer(start: nil, count: 0)
-    private var controlQueue: [[UInt8]] = []
     private var writing = false
     private var closeReported = false
-    private var sentClose = false
     private let timer: Timer
     private let pingTimer: Timer
     private var processing = false
 
     public init(loop: EventLoop, endpoint: TunnelEndpoint, tls: TLSConfiguration, random: SecureRandom,
-                logger: Logger, pingIntervalMilliseconds: Int) throws(TLSError) {
+                logger: Logger, pingIntervalMilliseconds: Int) {
         self.loop = loop
         self.endpoint = endpoint
         self.tlsConfiguration = tls
         self.random = random
         self.logger = logger
         self.pingIntervalMilliseconds = UInt64(pingIntervalMilliseconds)
-        do {
-            plaintext = try RingBuffer(minimumCapacity: 64 * 1024)
-        } catch {
-            throw TLSError(-1, "allocating the tunnel buffer: \(error)")
-        }
         timer = Timer(loop: loop)
         pingTimer = Timer(loop: loop)
     }
@@ -173,11 +160,11 @@ public final class TunnelConnection {
         let engine: TLSEngine
         do {
             engine = try TLSEngine(configuration: tlsConfiguration, serverName: endpoint.host)
+            pipeline = try TunnelPipeline(role: .client, tls: engine, random: random)
         } catch {
             fail(.failed("\(error)"))
             return
         }
-        tls = engine
         state = .tlsHandshake
         stream.allocate = { [unowned(unsafe) engine] in engine.ciphertextIn.writableSpans.0 }
         stream.onRead = { [self] result in
@@ -199,60 +186,40 @@ public final class TunnelConnection {
 
     // MARK: The pump
 
-    /// Moves bytes through every stage as far as buffers allow. Called after each read, after
-    /// each completed write, and when the delegate resumes.
+    /// Moves bytes through the pipeline as far as buffers allow, then sends what it produced.
+    /// Called after each read, after each completed write, and when the delegate resumes.
     private func drive() {
         guard !processing else { return }
         processing = true
         defer { processing = false }
-        guard let tls, let socket else { return }
-        if state == .tlsHandshake {
-            do {
-                let status = try tls.handshake()
-                if status == .done {
-                    logger.info("TLS established with \(target): \(tls.negotiated)")
-                    sendUpgradeRequest(tls)
-                }
-            } catch {
-                if error.isCertificateVerificationFailure {
-                    fail(.certificate(error))
-                } else {
-                    fail(.failed("TLS handshake with \(target) failed: \(error)"))
-                }
-                return
+        guard let pipeline, let socket else { return }
+        do {
+            try pipeline.pump(self)
+        } catch {
+            switch error {
+            case .handshake(let tlsError) where tlsError.isCertificateVerificationFailure:
+                fail(.certificate(tlsError))
+            case .handshake(let tlsError):
+                fail(.failed("TLS handshake with \(target) failed: \(tlsError)"))
+            case .tls(let tlsError):
+                fail(.failed("TLS error from \(target): \(tlsError)"))
             }
+            return
         }
-        if state == .upgrading || state == .open || state == .closing {
-            // Decrypt and parse until neither moves: parsing frees plaintext room, which lets
-            // more ciphertext be decrypted, which frees room for the socket. With the socket
-            // stopped (its ring full), no later read event would come to do it.
-            // Progress is counted in bytes moved, not in bytes left buffered: mbedTLS keeps the
-            // rest of a record it already took out of `ciphertextIn`, so one round can decrypt
-            // exactly what parsing then consumes, leave every count as it was, and still have
-            // more waiting inside mbedTLS. Stopping then stalled a paused receiver until some
-            // unrelated write woke it (10 s in `make bench`, ended by a linger timer).
-            while true {
-                let beforeDecrypting = plaintext.readableCount
-                decrypt(tls)
-                if state == .closed { return }
-                let beforeParsing = plaintext.readableCount
-                process()
-                if state == .closed { return }
-                let moved = beforeParsing != beforeDecrypting || plaintext.readableCount != beforeParsing
-                if !moved || (delegate?.tunnelReadingPaused ?? false) { break }
-            }
-            if tls.receivedCloseNotify && plaintext.readableCount == 0 && pendingChunk.isEmpty {
-                fail(.failed("the service ended TLS without a WebSocket close frame"))
-                return
-            }
+        if state == .closed { return }
+        if (state == .upgrading || state == .open || state == .closing) && pipeline.peerEndedTLS {
+            fail(.failed("the service ended TLS without a WebSocket close frame"))
+            return
         }
         flush()
-        if state != .closed && !socket.isReading && tls.ciphertextIn.writableCount > 0 {
+        if state != .closed && !socket.isReading && pipeline.tls.ciphertextIn.writableCount > 0 {
             socket.startReading()
         }
     }
 
-    private func sendUpgradeRequest(_ tls: TLSEngine) {
+    public func pipelineHandshakeDone() {
+        guard let pipeline else { return }
+        logger.info("TLS established with \(target): \(pipeline.tls.negotiated)")
         let request = WebSocketUpgradeRequest(
             host: endpoint.host, mode: endpoint.mode, accessToken: endpoint.accessToken,
             clientToken: endpoint.clientToken, protocols: [TunnelSubprotocol.v3],
@@ -264,80 +231,39 @@ public final class TunnelConnection {
             fail(.failed("\(error)"))
             return
         }
-        upgradeRequest = request
         responseReader = WebSocketUpgradeResponseReader(request: request)
         state = .upgrading
-        controlQueue.append(bytes)
+        pipeline.queueRaw(bytes)
     }
 
-    private func decrypt(_ tls: TLSEngine) {
-        while plaintext.writableCount > 0 {
-            let span = plaintext.writableSpans.0
-            do {
-                let (n, _) = try tls.read(into: span)
-                if n == 0 { return }
-                plaintext.commit(n)
-            } catch {
-                fail(.failed("TLS error from \(target): \(error)"))
-                return
-            }
+    public func pipelineUpgradeBytes(_ bytes: UnsafeRawBufferPointer) -> Int {
+        guard var reader = responseReader, let pipeline else { return 0 }
+        var input = bytes
+        let outcome: WebSocketUpgradeOutcome?
+        do {
+            outcome = try reader.read(&input)
+        } catch {
+            fail(.failed("bad upgrade response from \(target): \(error)"))
+            return bytes.count - input.count
         }
-    }
-
-    private func process() {
-        if state == .upgrading { readUpgradeResponse() }
-        while state == .open || state == .closing {
-            if delegate?.tunnelReadingPaused ?? false { return }
-            if !pendingChunk.isEmpty {
-                var input = pendingChunk
-                let message = frames.next(&input)
-                plaintext.consume(pendingChunk.count - input.count)
-                pendingChunk = input
-                if let message { deliver(message) }
-                continue
-            }
-            // After a close frame or a protocol error the decoder takes nothing more; whatever
-            // follows is discarded with the connection.
-            if plaintext.readableCount == 0 || webSocket.isFinished { return }
-            let span = plaintext.readableSpans.0
-            var input = span
-            let event: WebSocketEvent?
-            do {
-                event = try webSocket.next(&input)
-            } catch {
-                plaintext.consume(span.count - input.count)
-                logger.error("the service broke the WebSocket protocol: \(error)")
-                closeAfterError(code: error.closeCode, reason: "protocol error", why: "WebSocket protocol error: \(error)")
-                return
-            }
-            let used = span.count - input.count
-            guard let event else {
-                plaintext.consume(used)
-                continue
-            }
-            switch event {
-            case .binary(let chunk, _):
-                // The chunk is the tail of what the decoder used; keep it until taken.
-                plaintext.consume(used - chunk.count)
-                pendingChunk = UnsafeRawBufferPointer(chunk)
-            case .ping(let payload):
-                let copy = Array(payload)
-                plaintext.consume(used)
-                queueFrame(.pong, copy)
-            case .pong(let payload):
-                let text = String(decoding: payload, as: UTF8.self)
-                plaintext.consume(used)
-                if let sent = parseUInt(text) { logger.debug("pong from the service after \(loop.now &- sent) ms") }
-            case .close(let code, let reasonBytes):
-                let reason = String(decoding: reasonBytes, as: UTF8.self)
-                plaintext.consume(used)
-                closeReceived(code: code, reason: reason)
-                return
-            }
+        responseReader = reader
+        guard let outcome else { return bytes.count - input.count }
+        responseReader = nil
+        switch outcome {
+        case .accepted(let subprotocol, let channelId):
+            state = .open
+            timer.stop()
+            pipeline.startFrames()
+            pingTimer.start(after: pingIntervalMilliseconds, repeat: pingIntervalMilliseconds) { [self] in sendPing() }
+            delegate?.tunnelOpened(subprotocol: subprotocol, channelId: channelId)
+        case .rejected(let status, let reason, let body, let channelId):
+            if let channelId { logger.info("channel-id of the rejected connection: \(channelId)") }
+            fail(.rejected(status: status, reason: reason, body: oneLine(body)))
         }
+        return bytes.count - input.count
     }
 
-    private func deliver(_ bytes: UnsafeRawBufferPointer) {
+    public func pipelineMessage(_ bytes: UnsafeRawBufferPointer) {
         do {
             let message = try TunnelMessage.decode(bytes)
             delegate?.tunnelMessage(message)
@@ -349,55 +275,41 @@ public final class TunnelConnection {
         }
     }
 
-    private func readUpgradeResponse() {
-        guard var reader = responseReader else { return }
-        while plaintext.readableCount > 0 {
-            let span = plaintext.readableSpans.0
-            var input = UnsafeRawBufferPointer(span)
-            let outcome: WebSocketUpgradeOutcome?
-            do {
-                outcome = try reader.read(&input)
-            } catch {
-                plaintext.consume(span.count - input.count)
-                fail(.failed("bad upgrade response from \(target): \(error)"))
-                return
-            }
-            plaintext.consume(span.count - input.count)
-            responseReader = reader
-            guard let outcome else { continue }
-            switch outcome {
-            case .accepted(let subprotocol, let channelId):
-                state = .open
-                timer.stop()
-                responseReader = nil
-                pingTimer.start(after: pingIntervalMilliseconds, repeat: pingIntervalMilliseconds) { [self] in sendPing() }
-                delegate?.tunnelOpened(subprotocol: subprotocol, channelId: channelId)
-            case .rejected(let status, let reason, let body, let channelId):
-                if let channelId { logger.info("channel-id of the rejected connection: \(channelId)") }
-                fail(.rejected(status: status, reason: reason, body: oneLine(body)))
-            }
-            return
+    /// Message boundaries do not matter to the client: tunnel messages are read as they come.
+    public func pipelineMessageEnded() {}
+
+    public func pipelinePong(_ payload: UnsafeRawBufferPointer) {
+        if let sent = parseUInt(String(decoding: payload, as: UTF8.self)) {
+            logger.debug("pong from the service after \(loop.now &- sent) ms")
         }
-        responseReader = reader
     }
+
+    public func pipelineCloseFrame(code: UInt16?, reason: UnsafeRawBufferPointer) {
+        closeReceived(code: code, reason: String(decoding: reason, as: UTF8.self))
+    }
+
+    public func pipelineProtocolError(_ error: WebSocketProtocolError) {
+        logger.error("the service broke the WebSocket protocol: \(error)")
+        closeAfterError(code: error.closeCode, reason: "protocol error", why: "WebSocket protocol error: \(error)")
+    }
+
+    public var pipelinePaused: Bool { delegate?.tunnelReadingPaused ?? false }
 
     // MARK: Sending
 
     /// Sends a control message (no payload) after the frames already queued.
     public func send(_ message: TunnelMessage) {
-        guard state == .open else { return }
+        guard state == .open, let pipeline else { return }
         if logger.enabled(.trace) {
             logger.trace("sending \(message.type) stream \(message.streamId) connection \(message.connectionId)")
         }
         do {
-            queueFrame(.binary, try TunnelFrame.encode(message))
+            let payload = try TunnelFrame.encode(message)
+            payload.withUnsafeBytes { pipeline.queueFrame(.binary, payload: $0) }
         } catch {
             logger.error("cannot encode \(message.type): \(error)")
+            return
         }
-    }
-
-    private func queueFrame(_ opcode: WebSocketOpcode, _ payload: [UInt8]) {
-        controlQueue.append(WebSocketFrameEncoder.frame(opcode: opcode, payload: payload, maskingKey: nextMaskingKey()))
         if !processing { flush() }
     }
 
@@ -406,11 +318,9 @@ public final class TunnelConnection {
     /// Writes one complete, already masked data frame, if it fits now. Returns false when the
     /// outgoing buffer is too full; the delegate hears `tunnelWritable()` when to try again.
     public func writeFrame(_ frame: UnsafeRawBufferPointer) -> Bool {
-        guard state == .open, let tls, controlQueue.isEmpty, tls.writableCapacity >= frame.count else { return false }
+        guard state == .open, let pipeline else { return false }
         do {
-            let taken = try tls.write(frame)
-            // Capacity was checked, so mbedTLS takes the whole frame: frames never interleave.
-            precondition(taken == frame.count, "TLS took part of a frame despite the capacity check")
+            guard try pipeline.writeFrame(frame) else { return false }
         } catch {
             fail(.failed("TLS error: \(error)"))
             return false
@@ -421,26 +331,22 @@ public final class TunnelConnection {
 
     /// Whether a data frame of `count` bytes would be accepted now.
     public func canWrite(_ count: Int) -> Bool {
-        guard state == .open, let tls, controlQueue.isEmpty else { return false }
-        return tls.writableCapacity >= count
+        guard state == .open, let pipeline else { return false }
+        return pipeline.canWriteFrame(count)
     }
 
     /// Moves queued control frames into TLS and ciphertext onto the socket.
     private func flush() {
-        guard let tls, let socket, state != .closed else { return }
-        while let frame = controlQueue.first {
-            guard tls.writableCapacity >= frame.count else { break }
-            let result: Result<Int, TLSError> = frame.withUnsafeBytes { bytes in
-                do throws(TLSError) { return .success(try tls.write(bytes)) } catch { return .failure(error) }
-            }
-            if case .failure(let error) = result {
-                fail(.failed("TLS error: \(error)"))
-                return
-            }
-            controlQueue.removeFirst()
+        guard let pipeline, let socket, state != .closed else { return }
+        do {
+            try pipeline.flushControl()
+        } catch {
+            fail(.failed("TLS error: \(error)"))
+            return
         }
-        guard !writing, tls.ciphertextOut.readableCount > 0 else { return }
-        let (a, b) = tls.ciphertextOut.readableSpans
+        let out = pipeline.tls.ciphertextOut
+        guard !writing, out.readableCount > 0 else { return }
+        let (a, b) = out.readableSpans
         let count = a.count + b.count
         writing = true
         socket.write(UnsafeRawBufferPointer(a), UnsafeRawBufferPointer(b)) { [self] error in
@@ -450,9 +356,10 @@ public final class TunnelConnection {
                 fail(.failed("sending to \(target) failed: \(error)"))
                 return
             }
-            tls.ciphertextOut.consume(count)
+            out.consume(count)
             flush()
-            if state == .closing && sentClose && controlQueue.isEmpty && tls.ciphertextOut.readableCount == 0 && closeAcknowledged {
+            if state == .closing && pipeline.closeWritten && pipeline.queuedControlCount == 0
+                && out.readableCount == 0 && closeAcknowledged {
                 finishClose()
                 return
             }
@@ -462,8 +369,10 @@ public final class TunnelConnection {
     }
 
     private func sendPing() {
-        guard state == .open else { return }
-        queueFrame(.ping, Array(String(loop.now).utf8))
+        guard state == .open, let pipeline else { return }
+        let stamp = Array(String(loop.now).utf8)
+        stamp.withUnsafeBytes { pipeline.queueFrame(.ping, payload: $0) }
+        if !processing { flush() }
     }
 
     // MARK: Closing
@@ -480,10 +389,10 @@ public final class TunnelConnection {
             return
         }
         closeReasonToReport = .closedByService(code: code, reason: reason)
-        sendClose(code: code ?? WebSocketCloseCode.normal, reason: "")
+        pipeline?.queueClose(code: code ?? WebSocketCloseCode.normal, reason: "")
         state = .closing
         closeAcknowledged = true
-        tls?.close()
+        pipeline?.tls.close()
         flushThenFinish()
     }
 
@@ -493,7 +402,7 @@ public final class TunnelConnection {
         switch state {
         case .open:
             closeReasonToReport = .stopped
-            sendClose(code: WebSocketCloseCode.normal, reason: "local proxy stopping")
+            pipeline?.queueClose(code: WebSocketCloseCode.normal, reason: "local proxy stopping")
             state = .closing
             timer.start(after: 2000) { [self] in finishClose() }
             flush()
@@ -505,24 +414,19 @@ public final class TunnelConnection {
     }
 
     /// Sends a close frame with `code` (RFC 6455 §7.1.7), then drops the connection once it is
-    /// out (or after 2 s), reporting `why`.
+    /// out (or after 2 s), reporting `why`. Nothing more the service sends is read.
     private func closeAfterError(code: UInt16, reason: String, why: String) {
         closeReasonToReport = .failed(why)
-        sendClose(code: code, reason: reason)
+        pipeline?.queueClose(code: code, reason: reason)
+        pipeline?.discardInput()
         state = .closing
         closeAcknowledged = true
         flushThenFinish()
     }
 
-    private func sendClose(code: UInt16, reason: String) {
-        guard !sentClose else { return }
-        sentClose = true
-        controlQueue.append(WebSocketFrameEncoder.closeFrame(code: code, reason: reason, maskingKey: nextMaskingKey()))
-    }
-
     private func flushThenFinish() {
         flush()
-        if !writing && (tls?.ciphertextOut.readableCount ?? 0) == 0 { finishClose() }
+        if !writing && (pipeline?.tls.ciphertextOut.readableCount ?? 0) == 0 { finishClose() }
         else { timer.start(after: 2000) { [self] in finishClose() } }
     }
 
@@ -541,8 +445,7 @@ public final class TunnelConnection {
             socket.close()
         }
         socket = nil
-        controlQueue.removeAll()
-        pendingChunk = UnsafeRawBufferPointer(start: nil, count: 0)
+        pipeline?.finish()
         if !closeReported {
             closeReported = true
             let d = delegate

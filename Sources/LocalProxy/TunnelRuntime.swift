@@ -82,17 +82,12 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         guard !stopping else { return }
         let endpoint = TunnelEndpoint(host: configuration.endpointHost, port: configuration.endpointPort, mode: configuration.mode,
                                       accessToken: accessToken, clientToken: clientToken)
-        do {
-            let connection = try TunnelConnection(loop: loop, endpoint: endpoint, tls: tlsConfiguration, random: random,
-                                                  logger: logger, pingIntervalMilliseconds: configuration.pingIntervalMilliseconds)
-            connection.delegate = self
-            tunnel = connection
-            logger.info("connecting to \(configuration.endpointHost):\(configuration.endpointPort)")
-            connection.start()
-        } catch {
-            logger.error("\(error)")
-            scheduleReconnect()
-        }
+        let connection = TunnelConnection(loop: loop, endpoint: endpoint, tls: tlsConfiguration, random: random,
+                                          logger: logger, pingIntervalMilliseconds: configuration.pingIntervalMilliseconds)
+        connection.delegate = self
+        tunnel = connection
+        logger.info("connecting to \(configuration.endpointHost):\(configuration.endpointPort)")
+        connection.start()
     }
 
     public func tunnelOpened(subprotocol: String, channelId: String?) {

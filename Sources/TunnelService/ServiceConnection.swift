@@ -13,9 +13,9 @@ struct Attachment {
 
 /// One client's connection to the emulated data plane: TLS (server role), the HTTP upgrade,
 /// then tunnel messages in binary WebSocket frames. The server-side counterpart of the local
-/// proxy's `TunnelConnection`, with the same pipeline:
+/// proxy's `TunnelConnection`, running the same `TunnelPipeline` in the server role:
 ///
-///   socket → `tls.ciphertextIn` → decrypt → `plaintext` → WebSocket decoder → tunnel frame
+///   socket → `tls.ciphertextIn` → decrypt → plaintext → WebSocket decoder → tunnel frame
 ///   decoder → rules → the other side's `outgoing` queue → frames → TLS → socket.
 ///
 /// Every stage is a fixed-size buffer. A sender stops parsing while its peer's queue lacks room
@@ -29,7 +29,7 @@ struct Attachment {
 /// - `open` → `closing` (either side sent a close frame) | `closed` (transport lost)
 /// - `closing` → `draining` once both close frames crossed | `closed` (timeout, transport lost)
 /// - `draining` → `closed` once close_notify and everything before it reached the socket
-final class ServiceConnection {
+final class ServiceConnection: TunnelPipelineHandler {
     enum State: Equatable {
         case tlsHandshake
         case readingRequest
@@ -40,9 +40,6 @@ final class ServiceConnection {
         case closed
     }
 
-    /// Pongs (and the 101) queued beyond this pause reading: a client that pings without
-    /// reading our answers must not make the queue grow.
-    static let maximumQueuedControlFrames = 64
     /// Relayed bytes waiting to be framed. Large enough for a full passthrough group (one frame)
     /// plus a whole message, so a sender blocked mid-group can always make progress.
     static let outgoingCapacity = 512 * 1024
@@ -58,28 +55,21 @@ final class ServiceConnection {
     unowned let plane: DataPlane
     private(set) var state = State.tlsHandshake
     private let socket: Stream
-    private let tls: TLSEngine
-    private let plaintext: RingBuffer
+    private let pipeline: TunnelPipeline
+    private var tls: TLSEngine { pipeline.tls }
     private var head = HTTPHeadReader(limit: Admission.maximumHeadLength)
-    private let webSocket = WebSocketFrameDecoder(role: .server)
-    private let frames = TunnelFrameDecoder()
-    /// The part of the current binary frame the tunnel decoder has not taken yet: a view into
-    /// `plaintext`, whose bytes are consumed as they are taken.
-    private var pendingChunk = UnsafeRawBufferPointer(start: nil, count: 0)
-    private var chunkEndsMessage = false
 
     private var outgoing: RingBuffer? = nil
     private var framing: OutboundFraming
     /// One frame is assembled here (header, then payload copied out of `outgoing`) so that
     /// mbedTLS gets it in one call and cuts it into full-size records.
     private var scratch: UnsafeMutableRawPointer? = nil
-    /// Complete frames and HTTP responses, written before any data frame.
-    private var controlQueue: [[UInt8]] = []
     /// Service messages that did not fit into `outgoing` yet; they keep their place in line
     /// because senders wait while this is not empty.
     private var serviceBacklog: [[UInt8]] = []
-    private var pendingClose: [UInt8]? = nil
-    private var closeSent = false
+    /// Our close frame, held until the messages queued before it are out: (code, reason), or
+    /// a nil code for an empty close frame.
+    private var pendingClose: (code: UInt16?, reason: String)? = nil
     private var closeReceived = false
     private var writing = false
 
@@ -100,12 +90,8 @@ final class ServiceConnection {
         self.plane = plane
         self.socket = socket
         self.framing = OutboundFraming(mode: framing)
-        tls = try TLSEngine(configuration: tlsConfiguration, serverName: nil)
-        do {
-            plaintext = try RingBuffer(minimumCapacity: 64 * 1024)
-        } catch {
-            throw TLSError(-1, "allocating the connection buffer: \(error)")
-        }
+        let tls = try TLSEngine(configuration: tlsConfiguration, serverName: nil)
+        pipeline = try TunnelPipeline(role: .server, tls: tls, random: nil)
         timer = Timer(loop: loop)
     }
 
@@ -159,41 +145,28 @@ final class ServiceConnection {
 
     private func step() {
         guard state != .closed else { return }
-        if state == .tlsHandshake {
-            do {
-                if try tls.handshake() == .done {
-                    state = .readingRequest
-                    log.trace("\(label): TLS established")
-                }
-            } catch {
-                log.info("\(label): TLS handshake failed: \(error)")
+        do {
+            // A paused sender waits for room in its peer's queue; sending what is queued there
+            // is what makes room again.
+            while try pipeline.pump(self) == .paused {
+                plane.flushPeer(of: self)
+                if isPaused || state == .closed { break }
+            }
+        } catch {
+            switch error {
+            case .handshake(let tlsError):
+                log.info("\(label): TLS handshake failed: \(tlsError)")
                 teardown("TLS handshake failed")
-                return
+            case .tls(let tlsError):
+                log.info("\(label): TLS error: \(tlsError)")
+                teardown("TLS error")
             }
+            return
         }
+        guard state != .closed else { return }
         if state != .tlsHandshake {
-            // Decrypting frees ciphertext room for the socket and parsing frees plaintext room
-            // for decryption, so go round until neither moves: with the socket stopped, no
-            // later read event would come to do it.
-            // Progress is counted in bytes moved, not bytes left buffered: mbedTLS keeps the rest
-            // of a record it already took out of `ciphertextIn`, so a round can decrypt exactly
-            // what parsing consumes and leave every count unchanged with more still inside it.
-            while true {
-                let beforeDecrypting = plaintext.readableCount
-                decrypt()
-                if state == .closed { return }
-                let beforeParsing = plaintext.readableCount
-                process()
-                if state == .closed { return }
-                if beforeParsing == beforeDecrypting && plaintext.readableCount == beforeParsing { break }
-                if isPaused {
-                    // Sending what is queued is what makes room again.
-                    plane.flushPeer(of: self)
-                    if isPaused { break }
-                }
-            }
             plane.flushPeer(of: self)
-            if tls.receivedCloseNotify && plaintext.readableCount == 0 && pendingChunk.isEmpty && state != .draining {
+            if pipeline.peerEndedTLS && state != .draining {
                 teardown(state == .open ? "the client ended TLS without a close frame" : "the client ended TLS")
                 return
             }
@@ -207,48 +180,56 @@ final class ServiceConnection {
     /// While paused, parsing stops with the current message; the rings behind it fill up.
     private var isPaused: Bool {
         guard state == .open else { return false }
-        return controlQueue.count >= ServiceConnection.maximumQueuedControlFrames || !plane.canRelay(from: self)
+        return pipeline.queuedControlCount >= TunnelPipeline.controlQueueLimit || !plane.canRelay(from: self)
     }
 
-    private func decrypt() {
-        while plaintext.writableCount > 0 && !tls.receivedCloseNotify {
-            do {
-                let (n, _) = try tls.read(into: plaintext.writableSpans.0)
-                if n == 0 { return }
-                plaintext.commit(n)
-            } catch {
-                log.info("\(label): TLS error: \(error)")
-                teardown("TLS error")
-                return
+    // MARK: Pipeline events
+
+    var pipelinePaused: Bool { isPaused }
+
+    func pipelineHandshakeDone() {
+        state = .readingRequest
+        log.trace("\(label): TLS established")
+    }
+
+    func pipelineUpgradeBytes(_ bytes: UnsafeRawBufferPointer) -> Int {
+        guard state == .readingRequest else { return bytes.count }
+        var input = bytes
+        do {
+            if let parsed = try head.read(&input) {
+                let used = bytes.count - input.count
+                requestReceived(parsed)
+                return used
             }
+        } catch {
+            reject(Admission.rejection(for: error))
+        }
+        return bytes.count - input.count
+    }
+
+    func pipelineMessage(_ bytes: UnsafeRawBufferPointer) {
+        // After a close was sent or received, messages are no longer relayed.
+        guard state == .open, attachment != nil else { return }
+        switch attachment!.rules.inspect(bytes) {
+        case .forward(let summary):
+            plane.relay(from: self, message: bytes, summary: summary)
+        case .close(let code, let reason):
+            protocolError(code: code, reason: reason, detail: reason)
         }
     }
 
-    private func process() {
-        switch state {
-        case .readingRequest: readRequest()
-        case .open, .closing: readFrames()
-        case .rejecting, .draining:
-            // Nothing the client sends now can change anything.
-            plaintext.consume(plaintext.readableCount)
-        case .tlsHandshake, .closed:
-            break
-        }
+    func pipelineMessageEnded() {
+        plane.messageEnded(from: self)
     }
 
-    private func readRequest() {
-        while state == .readingRequest && plaintext.readableCount > 0 {
-            let span = plaintext.readableSpans.0
-            var input = UnsafeRawBufferPointer(span)
-            do {
-                let parsed = try head.read(&input)
-                plaintext.consume(span.count - input.count)
-                if let parsed { requestReceived(parsed) }
-            } catch {
-                plaintext.consume(span.count - input.count)
-                reject(Admission.rejection(for: error))
-            }
-        }
+    func pipelinePong(_ payload: UnsafeRawBufferPointer) {}
+
+    func pipelineCloseFrame(code: UInt16?, reason: UnsafeRawBufferPointer) {
+        closeFrameReceived(code: code, reason: String(decoding: reason, as: UTF8.self))
+    }
+
+    func pipelineProtocolError(_ error: WebSocketProtocolError) {
+        protocolError(code: error.closeCode, reason: Self.closeReason(for: error), detail: "\(error)")
     }
 
     private func requestReceived(_ head: HTTPHead) {
@@ -264,10 +245,11 @@ final class ServiceConnection {
             }
             scratch = UnsafeMutableRawPointer.allocate(
                 byteCount: WebSocketFrameEncoder.maximumHeaderLength + OutboundFraming.maximumFrame, alignment: 16)
-            controlQueue.append(WebSocketUpgradeResponse.switching(
+            pipeline.queueRaw(WebSocketUpgradeResponse.switching(
                 key: admission.key, subprotocol: admission.request.subprotocol,
                 extraHeaders: [HTTPHeader("channel-id", channelId)]))
             state = .open
+            pipeline.startFrames()
             timer.stop()
             plane.attach(self, admission)
         }
@@ -276,74 +258,12 @@ final class ServiceConnection {
     private func reject(_ rejection: Rejection) {
         log.info("\(label): upgrade refused: \(rejection.status) \(rejection.body)")
         endReason = "refused with \(rejection.status)"
-        controlQueue.append(WebSocketUpgradeResponse.error(
+        pipeline.queueRaw(WebSocketUpgradeResponse.error(
             status: rejection.status, reason: WebSocketUpgradeResponse.reasonPhrase(rejection.status),
             body: rejection.body, extraHeaders: [HTTPHeader("channel-id", channelId)]))
         state = .rejecting
-        plaintext.consume(plaintext.readableCount)
-    }
-
-    private func readFrames() {
-        while state == .open || state == .closing {
-            if isPaused { return }
-            if !pendingChunk.isEmpty {
-                var input = pendingChunk
-                let message = frames.next(&input)
-                plaintext.consume(pendingChunk.count - input.count)
-                pendingChunk = input
-                if let message { deliver(message) }
-                if pendingChunk.isEmpty && chunkEndsMessage {
-                    chunkEndsMessage = false
-                    plane.messageEnded(from: self)
-                }
-                continue
-            }
-            if plaintext.readableCount == 0 { return }
-            if webSocket.isFinished {
-                // After the client's close frame nothing more is decoded.
-                plaintext.consume(plaintext.readableCount)
-                return
-            }
-            let span = plaintext.readableSpans.0
-            var input = span
-            let event: WebSocketEvent?
-            do {
-                event = try webSocket.next(&input)
-            } catch {
-                plaintext.consume(span.count - input.count)
-                protocolError(code: error.closeCode, reason: Self.closeReason(for: error), detail: "\(error)")
-                return
-            }
-            let used = span.count - input.count
-            guard let event else {
-                plaintext.consume(used)
-                continue
-            }
-            switch event {
-            case .binary(let chunk, let isMessageEnd):
-                // The chunk is the tail of what the decoder used; it stays until taken.
-                plaintext.consume(used - chunk.count)
-                pendingChunk = UnsafeRawBufferPointer(chunk)
-                chunkEndsMessage = isMessageEnd
-                if chunk.isEmpty && isMessageEnd {
-                    chunkEndsMessage = false
-                    plane.messageEnded(from: self)
-                }
-            case .ping(let payload):
-                let copy = Array(payload)
-                plaintext.consume(used)
-                if state == .open {
-                    controlQueue.append(WebSocketFrameEncoder.frame(opcode: .pong, payload: copy, maskingKey: nil))
-                }
-            case .pong:
-                plaintext.consume(used)
-            case .close(let code, let reasonBytes):
-                let reason = String(decoding: reasonBytes, as: UTF8.self)
-                plaintext.consume(used)
-                closeFrameReceived(code: code, reason: reason)
-                return
-            }
-        }
+        // Nothing the client sends now can change anything.
+        pipeline.discardInput()
     }
 
     /// A short close reason naming the broken WebSocket rule (the full text goes to the log).
@@ -362,17 +282,6 @@ final class ServiceConnection {
         case .invalidCloseCode: return "invalid close code"
         case .closeReasonNotUTF8: return "close reason not UTF-8"
         case .maskedServerFrame: return "masked frame"
-        }
-    }
-
-    private func deliver(_ bytes: UnsafeRawBufferPointer) {
-        // After a close was sent or received, messages are no longer relayed.
-        guard state == .open, attachment != nil else { return }
-        switch attachment!.rules.inspect(bytes) {
-        case .forward(let summary):
-            plane.relay(from: self, message: bytes, summary: summary)
-        case .close(let code, let reason):
-            protocolError(code: code, reason: reason, detail: reason)
         }
     }
 
@@ -459,23 +368,27 @@ final class ServiceConnection {
 
     private func flushOnce() {
         guard state != .closed else { return }
-        while let frame = controlQueue.first, tls.writableCapacity >= frame.count {
-            guard writeToTLS(frame) else { return }
-            controlQueue.removeFirst()
+        let controlSent: Bool
+        do {
+            controlSent = try pipeline.flushControl()
+        } catch {
+            teardown("TLS error while sending: \(error)")
+            return
         }
-        if controlQueue.isEmpty {
+        if controlSent {
             switch state {
             case .open:
                 writeDataFrames()
             case .closing:
-                if !closeSent {
+                if !pipeline.closeQueued {
                     writeDataFrames()
-                    if let close = pendingClose, (outgoing?.readableCount ?? 0) == 0, tls.writableCapacity >= close.count {
-                        guard writeToTLS(close) else { return }
+                    if let close = pendingClose, (outgoing?.readableCount ?? 0) == 0 {
                         pendingClose = nil
-                        closeSent = true
-                        if closeReceived { beginDrain() }
+                        pipeline.queueClose(code: close.code, reason: close.reason)
+                        flushAgain = true
                     }
+                } else if pipeline.closeWritten && closeReceived {
+                    beginDrain()
                 }
             case .rejecting:
                 // The error response is in TLS: end the session behind it.
@@ -504,21 +417,6 @@ final class ServiceConnection {
         }
     }
 
-    private func writeToTLS(_ bytes: [UInt8]) -> Bool {
-        let result: Result<Int, TLSError> = bytes.withUnsafeBytes { raw in
-            do throws(TLSError) { return .success(try tls.write(raw)) } catch { return .failure(error) }
-        }
-        switch result {
-        case .success(let taken):
-            // Capacity was checked first, so frames are never cut or interleaved.
-            precondition(taken == bytes.count, "TLS took part of a frame despite the capacity check")
-            return true
-        case .failure(let error):
-            teardown("TLS error while sending: \(error)")
-            return false
-        }
-    }
-
     private func writeDataFrames() {
         guard let outgoing, let scratch else { return }
         var freed = false
@@ -533,8 +431,7 @@ final class ServiceConnection {
             WebSocketFrameEncoder.writeHeader(opcode: .binary, payloadLength: length, maskingKey: nil, endingAt: payloadStart)
             let frame = UnsafeRawBufferPointer(start: payloadStart - header, count: header + length)
             do {
-                let taken = try tls.write(frame)
-                precondition(taken == frame.count, "TLS took part of a frame despite the capacity check")
+                guard try pipeline.writeFrame(frame) else { break }
             } catch {
                 teardown("TLS error while sending: \(error)")
                 return
@@ -559,7 +456,7 @@ final class ServiceConnection {
             plane.detach(self)
             framing.closeGroup()
             moveBacklog()
-            pendingClose = WebSocketFrameEncoder.closeFrame(code: code, reason: reason, maskingKey: nil)
+            pendingClose = (code, reason)
             startCloseTimer()
             flush()
         case .tlsHandshake, .readingRequest:
@@ -579,12 +476,11 @@ final class ServiceConnection {
             plane.detach(self)
             dropOutgoing()
             // Echo the client's code (RFC 6455 §5.5.1); a close without one gets an empty one.
-            pendingClose = code.map { WebSocketFrameEncoder.closeFrame(code: $0, reason: "", maskingKey: nil) }
-                ?? WebSocketFrameEncoder.frame(opcode: .close, payload: [UInt8](), maskingKey: nil)
+            pendingClose = (code, "")
             startCloseTimer()
             flush()
         case .closing:
-            if closeSent {
+            if pipeline.closeWritten {
                 beginDrain()
             } else {
                 // The client will read nothing more: our close frame goes out now.
@@ -611,6 +507,7 @@ final class ServiceConnection {
     private func beginDrain() {
         guard state != .draining && state != .closed else { return }
         state = .draining
+        pipeline.discardInput()
         tls.close()
         flush()
     }
@@ -629,8 +526,7 @@ final class ServiceConnection {
         outgoing = nil
         scratch?.deallocate()
         scratch = nil
-        pendingChunk = UnsafeRawBufferPointer(start: nil, count: 0)
-        controlQueue.removeAll()
+        pipeline.finish()
         serviceBacklog.removeAll()
         plane.removed(self, why: endReason)
     }
