@@ -17,6 +17,9 @@
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
 #include <mbedtls/pk.h>
+#if MBEDTLS_VERSION_NUMBER < 0x03000000 && defined(MBEDTLS_AESNI_C)
+#include <mbedtls/aesni.h> /* public in 2.x only */
+#endif
 
 /// SHA-1 of `length` bytes into `digest` (20 bytes). Returns 0 on success.
 static inline int lp_sha1(const unsigned char *input, size_t length, unsigned char digest[20]) {
@@ -43,6 +46,21 @@ static inline int lp_pk_parse_keyfile(mbedtls_pk_context *pk, const char *path, 
     return mbedtls_pk_parse_keyfile(pk, path, NULL);
 #else
     return mbedtls_pk_parse_keyfile(pk, path, NULL, mbedtls_ctr_drbg_random, drbg);
+#endif
+}
+
+/// The mbedTLS release this binary was compiled against, e.g. "2.28.3".
+static inline const char *lp_mbedtls_version(void) { return MBEDTLS_VERSION_STRING; }
+
+/// Whether mbedTLS's AES uses the CPU's AES instructions here (AES-NI on x86_64): 1 yes,
+/// 0 no, -1 not knowable (3.x keeps that query private).
+static inline int lp_mbedtls_aes_uses_cpu(void) {
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+    return -1;
+#elif defined(MBEDTLS_AESNI_C) && defined(MBEDTLS_HAVE_X86_64)
+    return mbedtls_aesni_has_support(MBEDTLS_AESNI_AES);
+#else
+    return 0;
 #endif
 }
 

@@ -19,14 +19,20 @@ public enum LocalProxyMain {
             printOut(helpText)
             return ExitCode.normal
         case .version:
-            printOut("localproxy \(LocalProxyVersion.string)\n")
+            printOut("""
+                localproxy \(LocalProxyVersion.string)
+                TLS: \(CryptoBackend.description)
+                Licence: Apache-2.0 (LICENSE). The components linked into this binary and their
+                licences are listed in NOTICES.md; both files are at the top of the source tree.
+
+                """)
             return ExitCode.normal
         case .run(let c):
             configuration = c
         }
 
         let logger = Logger(verbosity: configuration.verbosity)
-        logger.info("localproxy \(LocalProxyVersion.string), \(configuration.mode) mode")
+        logger.info("localproxy \(LocalProxyVersion.string), \(configuration.mode) mode; TLS: \(CryptoBackend.description)")
         for warning in configuration.warnings { logger.warning(warning) }
         ignoreBrokenPipeSignal()
         useNameResolution(of: configuration, logger: logger)

@@ -1,0 +1,43 @@
+"""The licence and the notices ship with the code, and the binary says where they are and
+which TLS library and record-cipher code it runs."""
+
+import re
+import subprocess
+
+from conftest import REPO_ROOT
+
+
+def test_version_names_the_tls_backend_and_the_notices(localproxy):
+    out = subprocess.run([localproxy, "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert re.fullmatch(r"localproxy \d+\.\d+\.\d+", lines[0])
+    tls = [line for line in lines if line.startswith("TLS: ")]
+    assert len(tls) == 1, out.stdout
+    assert re.match(r"TLS: mbedTLS \d+\.\d+\.\d+; record AEADs \(AES-GCM, ChaCha20-Poly1305\) in ", tls[0])
+    assert "Apache-2.0" in out.stdout and "NOTICES.md" in out.stdout and "LICENSE" in out.stdout
+
+
+def test_the_licence_and_the_notices_are_in_the_tree():
+    licence = (REPO_ROOT / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
+    assert "END OF TERMS AND CONDITIONS" in licence
+    notices = (REPO_ROOT / "NOTICES.md").read_text()
+    # Every component the device builds link is named with its licence.
+    for component, licence_name in [
+        ("libuv", "MIT"),
+        ("mbedTLS", "Apache-2.0"),
+        ("Swift standard library", "Runtime Library Exception"),
+        ("GNU C Library", "LGPL-2.1-or-later"),
+        ("libgcc", "GCC Runtime Library Exception"),
+    ]:
+        rows = [line for line in notices.splitlines() if line.startswith("|") and component in line]
+        assert rows, f"NOTICES.md has no row for {component}"
+        assert any(licence_name in row for row in rows), f"{component} is not listed under {licence_name}"
+
+
+def test_notices_name_the_mbedtls_release_the_static_builds_use():
+    """NOTICES.md must follow the Makefile when the minimal mbedTLS changes release."""
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    version = re.search(r"^MBEDTLS_VERSION\s*:=\s*(\S+)", makefile, re.M).group(1)
+    assert f"mbedTLS {version}" in (REPO_ROOT / "NOTICES.md").read_text()
