@@ -3,6 +3,7 @@
 #   make build     host build (full Swift, SwiftPM)
 #   make test      Swift tests + Python peer tests (installs deps first when missing)
 #   make embedded  the device binary in Embedded Swift: ARCH=x86_64|aarch64|armv7 LINK=dynamic|static|fullstatic
+#   make test-embedded  TLS and record-cipher peer tests with the Embedded x86_64 static build
 #   make cross     both ARM device binaries (make deps-cross installs the cross packages)
 #   make footprint armv7 static and fully static builds against their size budgets
 #   make demo      the whole tunnel on this machine: emulator, AWS CLI, both proxies, SSH
@@ -65,6 +66,17 @@ MBEDTLS_SHA256  := 3b4953aa55a681e084d31892d9904cc5328d6b4958ea57b90ae4b4f94ae69
 DOWNLOADS       := .build-embedded/downloads
 MBEDTLS_DIR     := .build-embedded/mbedtls-$(ARCH)
 MBEDTLS_ARCHIVES := $(addprefix $(MBEDTLS_DIR)/library/,libmbedtls.a libmbedx509.a libmbedcrypto.a)
+# The accelerated record AEAD (cross/aead/README.md): on x86_64 the static builds take
+# ChaCha20-Poly1305 from libsodium (Debian's source package, built by cross/aead/build-sodium.sh)
+# through mbedTLS's MBEDTLS_CHACHAPOLY_ALT, with mbedTLS's own code as the fallback; its objects
+# go into the minimal libmbedcrypto.a. Other architectures keep mbedTLS's portable code for now.
+SODIUM_TARBALL  := libsodium_1.0.18.orig.tar.gz
+SODIUM_SHA256   := d59323c6b712a1519a5daf710b68f5e7fde57040845ffec53850911f10a5d4f4
+AEAD_SOURCES    := $(wildcard cross/aead/*.c cross/aead/*.h cross/aead/*.sh)
+ifeq ($(ARCH),x86_64)
+  AEAD_DEFS     := -DLP_AEAD_SODIUM -I$(CURDIR)/cross/aead
+  AEAD_SWIFT_DEFS := -D LP_AEAD_SODIUM
+endif
 ifeq ($(LINK),dynamic)
   EMB_CLIBS  := -luv -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -ldl -lm
   LINK_MODE  :=
@@ -74,15 +86,16 @@ else ifeq ($(LINK),static)
   EMB_CLIBS  := -l:libuv_a.a -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a -lpthread -ldl -lm
   LINK_MODE  :=
   EMB_MBEDTLS := $(MBEDTLS_ARCHIVES)
-  EMB_MBEDTLS_INC := -isystem $(MBEDTLS_DIR)/include
+  EMB_MBEDTLS_INC := -isystem $(MBEDTLS_DIR)/include $(AEAD_DEFS)
+  EMB_DEFS   := $(AEAD_SWIFT_DEFS)
 else ifeq ($(LINK),fullstatic)
   EMB_CLIBS  := -l:libuv_a.a -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a -lpthread -ldl -lm
   LINK_MODE  := -static
   EMB_MBEDTLS := $(MBEDTLS_ARCHIVES)
-  EMB_MBEDTLS_INC := -isystem $(MBEDTLS_DIR)/include
+  EMB_MBEDTLS_INC := -isystem $(MBEDTLS_DIR)/include $(AEAD_DEFS)
   # A static glibc cannot load NSS modules, so getaddrinfo is left out and host names go
   # through the built-in resolver (/etc/hosts, then /etc/resolv.conf's nameservers).
-  EMB_DEFS   := -D LP_BUILTIN_DNS
+  EMB_DEFS   := -D LP_BUILTIN_DNS $(AEAD_SWIFT_DEFS)
 else
   $(error LINK must be dynamic, static or fullstatic)
 endif
@@ -105,7 +118,7 @@ EMB_OBJECTS    := $(addprefix $(EMB_DIR)/,$(addsuffix .o,$(DEVICE_MODULES)))
 CROSS_PACKAGES := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
                   libuv1-dev:arm64 libuv1-dev:armhf libmbedtls-dev:arm64 libmbedtls-dev:armhf qemu-user-static
 
-.PHONY: all deps deps-apt deps-cross venv build test test-swift test-peers embedded mbedtls cross footprint footprint-check test-cross demo clean bench bench-tools
+.PHONY: all deps deps-apt deps-cross venv build test test-swift test-peers test-embedded embedded mbedtls cross footprint footprint-check test-cross demo clean bench bench-tools
 
 all: build
 
@@ -153,6 +166,14 @@ test: deps bench-tools
 test-swift: deps-apt
 	$(SWIFT) test
 
+# The peer tests that depend on how the device binary was built, run with the Embedded x86_64
+# static build (the one CI ships first): every record cipher with checksummed transfers, on the
+# accelerated AEAD path and forced portable; TLS interop against openssl s_server; --version.
+test-embedded: deps bench-tools
+	$(MAKE) embedded ARCH=x86_64 LINK=static
+	LOCALPROXY=$(CURDIR)/.build-embedded/x86_64-static/localproxy $(VENV)/bin/pytest -q \
+	  $(PEERS)/test_record_ciphers.py $(PEERS)/test_tls_interop.py $(PEERS)/test_notices.py
+
 test-peers: deps bench-tools
 	$(SWIFT) build --product wire-probe
 	$(SWIFT) build --product localproxy
@@ -185,6 +206,14 @@ embedded: deps-apt $(EMB_MBEDTLS)
 	@$(SWIFTC) $(EMB_FLAGS) -module-name core_selftest Sources/core-selftest/*.swift -c -o $(EMB_DIR)/core-selftest.o
 	@$(TC)/usr/bin/$(EMB_LINK) $(EMB_DIR)/core-selftest.o $(EMB_OBJECTS) $(EMB_LIBS) -o $(EMB_DIR)/core-selftest
 	@$(RUNNER) $(EMB_DIR)/core-selftest
+ifneq ($(EMB_MBEDTLS),)
+	@echo "embedded $(ARCH): aead-selftest (link and run: the path this CPU takes, then the portable one)"
+	@$(TC)/usr/bin/clang $(DEVICE_CFLAGS) $(AEAD_DEFS) -Wall -Wextra -isystem $(MBEDTLS_DIR)/include \
+	  -fuse-ld=lld -Wl,--gc-sections $(LINK_MODE) cross/aead/aead-selftest.c $(MBEDTLS_DIR)/library/libmbedcrypto.a \
+	  -o $(EMB_DIR)/aead-selftest
+	@$(RUNNER) $(EMB_DIR)/aead-selftest
+	@LOCALPROXY_AEAD=portable $(RUNNER) $(EMB_DIR)/aead-selftest
+endif
 
 # The minimal mbedTLS: the upstream tarball of Debian's source package of the packaged version,
 # fetched through this machine's own apt sources (scripts/debian-source.sh derives deb-src
@@ -193,12 +222,26 @@ embedded: deps-apt $(EMB_MBEDTLS)
 $(DOWNLOADS)/$(MBEDTLS_TARBALL):
 	scripts/debian-source.sh mbedtls $(MBEDTLS_TARBALL) $(MBEDTLS_SHA256) $(DOWNLOADS)
 
-$(MBEDTLS_ARCHIVES) &: $(DOWNLOADS)/$(MBEDTLS_TARBALL) cross/mbedtls/config.h
+$(MBEDTLS_ARCHIVES) &: $(DOWNLOADS)/$(MBEDTLS_TARBALL) cross/mbedtls/config.h $(if $(AEAD_DEFS),$(AEAD_SOURCES) $(DOWNLOADS)/$(SODIUM_TARBALL))
 	rm -rf $(MBEDTLS_DIR) && mkdir -p $(MBEDTLS_DIR)
 	tar xzf $< -C $(MBEDTLS_DIR) --strip-components=1
 	cp cross/mbedtls/config.h $(MBEDTLS_DIR)/include/mbedtls/config.h
 	$(MAKE) -s -C $(MBEDTLS_DIR)/library CC=$(TC)/usr/bin/clang AR=$(TC)/usr/bin/llvm-ar \
-	  CFLAGS="$(DEVICE_CFLAGS)" libmbedcrypto.a libmbedx509.a libmbedtls.a
+	  CFLAGS="$(DEVICE_CFLAGS) $(AEAD_DEFS)" libmbedcrypto.a libmbedx509.a libmbedtls.a
+ifneq ($(AEAD_DEFS),)
+	@# libsodium's ChaCha20-Poly1305 and the glue, optimised for speed (-O2 after -Os).
+	cross/aead/build-sodium.sh $(DOWNLOADS)/$(SODIUM_TARBALL) $(MBEDTLS_DIR)/sodium $(ARCH) $(TC)/usr/bin/clang \
+	  $(DEVICE_CFLAGS) -O2
+	$(TC)/usr/bin/clang $(DEVICE_CFLAGS) -O2 $(AEAD_DEFS) -Wall -Wextra -I$(MBEDTLS_DIR)/include -I$(MBEDTLS_DIR)/library \
+	  -c cross/aead/chachapoly_portable.c -o $(MBEDTLS_DIR)/library/lp_chachapoly_portable.o
+	$(TC)/usr/bin/clang $(DEVICE_CFLAGS) -O2 $(AEAD_DEFS) -Wall -Wextra -I$(MBEDTLS_DIR)/include -I$(MBEDTLS_DIR)/library \
+	  -I$(MBEDTLS_DIR)/sodium/include -c cross/aead/lp_aead.c -o $(MBEDTLS_DIR)/library/lp_aead.o
+	$(TC)/usr/bin/llvm-ar rcs $(MBEDTLS_DIR)/library/libmbedcrypto.a $(MBEDTLS_DIR)/library/lp_chachapoly_portable.o \
+	  $(MBEDTLS_DIR)/library/lp_aead.o $(MBEDTLS_DIR)/sodium/obj/*.o
+endif
+
+$(DOWNLOADS)/$(SODIUM_TARBALL):
+	scripts/debian-source.sh libsodium $(SODIUM_TARBALL) $(SODIUM_SHA256) $(DOWNLOADS)
 
 mbedtls: $(MBEDTLS_ARCHIVES)
 
@@ -244,6 +287,14 @@ CROSS_TESTS := simultaneous_v3 or big_transfer or dropping_tcp or slow_local_con
 CROSS_ENV    = LOCALPROXY=$(CURDIR)/scripts/qemu-localproxy LP_E2E_BIG_MIB=32
 test-cross: cross venv bench-tools
 	$(MAKE) embedded ARCH=armv7 LINK=fullstatic
+	@# Every ChaCha20-Poly1305 path of the x86_64 static build, on CPU models qemu offers:
+	@# AVX2 (Haswell), SSSE3 without AVX2 (Nehalem), and neither (qemu64: mbedTLS's fallback).
+	$(MAKE) embedded ARCH=x86_64
+	for model in "Haswell:ChaCha20 AVX2" "Nehalem:ChaCha20 SSSE3" "qemu64:mbedTLS portable C (no SSSE3"; do \
+	  out=$$(qemu-x86_64-static -cpu $${model%%:*} .build-embedded/x86_64-static/aead-selftest) || { echo "$$out"; exit 1; }; \
+	  echo "$$out" | grep -qF "$${model#*:}" || { echo "on $${model%%:*}, expected $${model#*:}:"; echo "$$out"; exit 1; }; \
+	  echo "qemu -cpu $${model%%:*}: $$(echo "$$out" | tail -1 | cut -c1-110)"; \
+	done
 	for arch in aarch64 armv7; do \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_destination.py -k "$(CROSS_TESTS)" || exit 1; \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_tls_interop.py || exit 1; \
@@ -287,8 +338,8 @@ $(BENCH_DIR)/aead-ceiling-system: scripts/bench/aead-ceiling.c | deps-apt
 # ...and against the minimal mbedTLS of the static device build, with the device's C flags.
 $(BENCH_DIR)/aead-ceiling-$(ARCH)-static: scripts/bench/aead-ceiling.c $(MBEDTLS_ARCHIVES)
 	@mkdir -p $(BENCH_DIR)
-	$(TC)/usr/bin/clang $(DEVICE_CFLAGS) -Wall -Wextra -isystem $(MBEDTLS_DIR)/include -o $@ $< \
-	  $(MBEDTLS_DIR)/library/libmbedcrypto.a
+	$(TC)/usr/bin/clang $(DEVICE_CFLAGS) $(AEAD_DEFS) -Wall -Wextra -isystem $(MBEDTLS_DIR)/include -o $@ $< \
+	  -fuse-ld=lld $(MBEDTLS_DIR)/library/libmbedcrypto.a
 
 bench: deps bench-tools
 	$(SWIFT) build -c release --product localproxy

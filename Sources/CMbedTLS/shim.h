@@ -64,6 +64,12 @@ static inline int lp_mbedtls_aes_uses_cpu(void) {
 #endif
 }
 
+#if defined(LP_AEAD_SODIUM)
+/// What does ChaCha20-Poly1305 in this build (cross/aead/lp_aead.c): libsodium's vectorised
+/// code, or mbedTLS's portable code when the CPU lacks SSSE3 or LOCALPROXY_AEAD=portable.
+const char *lp_aead_chachapoly_backend(void);
+#endif
+
 /// The error codes Swift code compares against, as constants (the macros are negative hex
 /// literals, which not every importer mode turns into Swift constants).
 enum {

@@ -157,11 +157,14 @@ def make_certs(directory: Path) -> CertBundle:
     return CertBundle(ca, server_cert, server_key, other_ca, other_cert, other_key, wrong_cert, wrong_key)
 
 
-def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+def server_ssl_context(cert: Path, key: Path, ciphers: str | None = None) -> ssl.SSLContext:
+    """`ciphers` (OpenSSL's names) pins the TLS 1.2 suites the service accepts."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # The service accepts TLS 1.2 and later; the proxy is meant to refuse anything older.
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
     return context
 
 
@@ -788,8 +791,10 @@ class TunnelService(Waitable):
 
     def __init__(self, pb, certs: CertBundle, *, service_ids=("SSH",), access_token: str = "test-access-token",
                  version: int = 3, framing: str = "message", single_use: bool = False,
-                 server_cert: str = "good", channel_id: str = "0123456789abcdef-00000001-00000002-test-channel"):
+                 server_cert: str = "good", channel_id: str = "0123456789abcdef-00000001-00000002-test-channel",
+                 ciphers: str | None = None):
         super().__init__()
+        self.ciphers = ciphers
         self.pb = pb
         self.certs = certs
         self.service_ids = list(service_ids)
@@ -843,7 +848,7 @@ class TunnelService(Waitable):
         }[self.server_cert]
         self._serve = serve(
             self._handle, "127.0.0.1", 0,
-            ssl=server_ssl_context(cert, key),
+            ssl=server_ssl_context(cert, key, self.ciphers),
             process_request=self._process_request,
             process_response=self._process_response,
             select_subprotocol=self._select_subprotocol,
