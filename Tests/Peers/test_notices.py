@@ -30,14 +30,18 @@ def test_the_licence_and_the_notices_are_in_the_tree():
         ("Swift standard library", "Runtime Library Exception"),
         ("GNU C Library", "LGPL-2.1-or-later"),
         ("libgcc", "GCC Runtime Library Exception"),
+        ("libsodium", "ISC"),
     ]:
         rows = [line for line in notices.splitlines() if line.startswith("|") and component in line]
         assert rows, f"NOTICES.md has no row for {component}"
         assert any(licence_name in row for row in rows), f"{component} is not listed under {licence_name}"
 
 
-def test_notices_name_the_mbedtls_release_the_static_builds_use():
-    """NOTICES.md must follow the Makefile when the minimal mbedTLS changes release."""
+def test_notices_name_the_releases_the_static_builds_use():
+    """NOTICES.md must follow the Makefile when the minimal mbedTLS or libsodium changes release."""
     makefile = (REPO_ROOT / "Makefile").read_text()
+    notices = (REPO_ROOT / "NOTICES.md").read_text()
     version = re.search(r"^MBEDTLS_VERSION\s*:=\s*(\S+)", makefile, re.M).group(1)
-    assert f"mbedTLS {version}" in (REPO_ROOT / "NOTICES.md").read_text()
+    assert f"mbedTLS {version}" in notices
+    sodium = re.search(r"^SODIUM_TARBALL\s*:=\s*libsodium_(\S+)\.orig", makefile, re.M).group(1)
+    assert f"libsodium {sodium}" in notices
