@@ -27,7 +27,10 @@ cp -r "$src"/include/sodium/. "$out/include/sodium/"
 common="-DCONFIGURED=1 -DNATIVE_LITTLE_ENDIAN=1 -DHAVE_GETRANDOM=1 -DHAVE_SYS_RANDOM_H=1 -DHAVE_INLINE_ASM=1 $defs
         -Wno-unused-function -I$out/include -I$out/include/sodium"
 # file[:extra flags]: the AEAD, ChaCha20 (portable, SSSE3, AVX2), Poly1305 (portable, SSE2),
-# and the runtime pieces they call (CPU detection, constant-time compare, zeroing).
+# and the runtime pieces they call (CPU detection, constant-time compare, zeroing, the random
+# source of the unused key generators). sodium/core.c is left out: its sodium_init() would pull
+# in every other primitive; lp_aead.c runs the three initialisations the AEAD needs and
+# provides sodium_misuse().
 for entry in \
     crypto_aead/chacha20poly1305/sodium/aead_chacha20poly1305.c \
     crypto_stream/chacha20/stream_chacha20.c \
@@ -38,7 +41,7 @@ for entry in \
     crypto_onetimeauth/poly1305/donna/poly1305_donna.c \
     crypto_onetimeauth/poly1305/sse2/poly1305_sse2.c:-msse2 \
     crypto_verify/sodium/verify.c \
-    sodium/runtime.c sodium/utils.c sodium/core.c \
+    sodium/runtime.c sodium/utils.c \
     randombytes/randombytes.c randombytes/sysrandom/randombytes_sysrandom.c; do
     file="${entry%%:*}" extra=""
     [ "$file" != "$entry" ] && extra="${entry#*:}"

@@ -52,6 +52,14 @@ int lp_portable_chachapoly_auth_decrypt(lp_portable_chachapoly_context *ctx, siz
                                         size_t aad_len, const unsigned char tag[16],
                                         const unsigned char *input, unsigned char *output);
 
+/* libsodium calls this on an API misuse (lengths beyond its limits, which TLS records never
+ * reach). Its own version, in sodium/core.c, is not built (see build-sodium.sh); it aborts too. */
+void sodium_misuse(void);
+void sodium_misuse(void)
+{
+    abort();
+}
+
 #define PORTABLE(ctx) ((lp_portable_chachapoly_context *) (void *) (ctx)->portable.bytes)
 
 /* -1: not chosen yet; 0: portable; 1: libsodium. One event-loop thread: no locking needed. */
