@@ -17,7 +17,7 @@ SWIFTC       ?= $(shell command -v swiftc)
 TC           := $(abspath $(dir $(realpath $(SWIFTC)))/../..)
 VENV         := .venv
 PY           := $(VENV)/bin/python
-APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev
+APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev m4
 PEERS        := Tests/Peers
 
 # Embedded build of the device binary.
@@ -66,16 +66,20 @@ MBEDTLS_SHA256  := 3b4953aa55a681e084d31892d9904cc5328d6b4958ea57b90ae4b4f94ae69
 DOWNLOADS       := .build-embedded/downloads
 MBEDTLS_DIR     := .build-embedded/mbedtls-$(ARCH)
 MBEDTLS_ARCHIVES := $(addprefix $(MBEDTLS_DIR)/library/,libmbedtls.a libmbedx509.a libmbedcrypto.a)
-# The accelerated record AEAD (cross/aead/README.md): on x86_64 the static builds take
-# ChaCha20-Poly1305 from libsodium (Debian's source package, built by cross/aead/build-sodium.sh)
-# through mbedTLS's MBEDTLS_CHACHAPOLY_ALT, with mbedTLS's own code as the fallback; its objects
-# go into the minimal libmbedcrypto.a. Other architectures keep mbedTLS's portable code for now.
+# The accelerated record AEADs (cross/aead/README.md, docs/CRYPTO.md): on x86_64 the static
+# builds take ChaCha20-Poly1305 from libsodium and AES-GCM from Nettle (both built from Debian's
+# source packages by cross/aead/build-*.sh) through mbedTLS's MBEDTLS_CHACHAPOLY_ALT and
+# MBEDTLS_GCM_ALT, with mbedTLS's own code as the fallback; their objects go into the minimal
+# libmbedcrypto.a. Other architectures keep mbedTLS's portable code for now.
 SODIUM_TARBALL  := libsodium_1.0.18.orig.tar.gz
 SODIUM_SHA256   := d59323c6b712a1519a5daf710b68f5e7fde57040845ffec53850911f10a5d4f4
+NETTLE_TARBALL  := nettle_3.8.1.orig.tar.gz
+NETTLE_SHA256   := 364f3e2b77cd7dcde83fd7c45219c834e54b0c75e428b6f894a23d12dd41cbfe
 AEAD_SOURCES    := $(wildcard cross/aead/*.c cross/aead/*.h cross/aead/*.sh)
 ifeq ($(ARCH),x86_64)
-  AEAD_DEFS     := -DLP_AEAD_SODIUM -I$(CURDIR)/cross/aead
-  AEAD_SWIFT_DEFS := -D LP_AEAD_SODIUM
+  AEAD_DEFS     := -DLP_AEAD -DLP_AEAD_CHACHAPOLY_SODIUM -DLP_AEAD_GCM_NETTLE -I$(CURDIR)/cross/aead
+  AEAD_SWIFT_DEFS := -D LP_AEAD
+  NETTLE_OPTIONS := --disable-fat --enable-x86-aesni --enable-x86-pclmul
 endif
 ifeq ($(LINK),dynamic)
   EMB_CLIBS  := -luv -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -ldl -lm
@@ -222,26 +226,34 @@ endif
 $(DOWNLOADS)/$(MBEDTLS_TARBALL):
 	scripts/debian-source.sh mbedtls $(MBEDTLS_TARBALL) $(MBEDTLS_SHA256) $(DOWNLOADS)
 
-$(MBEDTLS_ARCHIVES) &: $(DOWNLOADS)/$(MBEDTLS_TARBALL) cross/mbedtls/config.h $(if $(AEAD_DEFS),$(AEAD_SOURCES) $(DOWNLOADS)/$(SODIUM_TARBALL))
+$(MBEDTLS_ARCHIVES) &: $(DOWNLOADS)/$(MBEDTLS_TARBALL) cross/mbedtls/config.h \
+    $(if $(AEAD_DEFS),$(AEAD_SOURCES) $(DOWNLOADS)/$(SODIUM_TARBALL) $(DOWNLOADS)/$(NETTLE_TARBALL))
 	rm -rf $(MBEDTLS_DIR) && mkdir -p $(MBEDTLS_DIR)
 	tar xzf $< -C $(MBEDTLS_DIR) --strip-components=1
 	cp cross/mbedtls/config.h $(MBEDTLS_DIR)/include/mbedtls/config.h
 	$(MAKE) -s -C $(MBEDTLS_DIR)/library CC=$(TC)/usr/bin/clang AR=$(TC)/usr/bin/llvm-ar \
 	  CFLAGS="$(DEVICE_CFLAGS) $(AEAD_DEFS)" libmbedcrypto.a libmbedx509.a libmbedtls.a
 ifneq ($(AEAD_DEFS),)
-	@# libsodium's ChaCha20-Poly1305 and the glue, optimised for speed (-O2 after -Os).
+	@# libsodium's ChaCha20-Poly1305, Nettle's AES-GCM, mbedTLS's own two under other names as
+	@# the fallback, and the glue; the crypto optimised for speed (-O2 after -Os).
 	cross/aead/build-sodium.sh $(DOWNLOADS)/$(SODIUM_TARBALL) $(MBEDTLS_DIR)/sodium $(ARCH) $(TC)/usr/bin/clang \
 	  $(DEVICE_CFLAGS) -O2
-	$(TC)/usr/bin/clang $(DEVICE_CFLAGS) -O2 $(AEAD_DEFS) -Wall -Wextra -I$(MBEDTLS_DIR)/include -I$(MBEDTLS_DIR)/library \
-	  -c cross/aead/chachapoly_portable.c -o $(MBEDTLS_DIR)/library/lp_chachapoly_portable.o
-	$(TC)/usr/bin/clang $(DEVICE_CFLAGS) -O2 $(AEAD_DEFS) -Wall -Wextra -I$(MBEDTLS_DIR)/include -I$(MBEDTLS_DIR)/library \
-	  -I$(MBEDTLS_DIR)/sodium/include -c cross/aead/lp_aead.c -o $(MBEDTLS_DIR)/library/lp_aead.o
-	$(TC)/usr/bin/llvm-ar rcs $(MBEDTLS_DIR)/library/libmbedcrypto.a $(MBEDTLS_DIR)/library/lp_chachapoly_portable.o \
-	  $(MBEDTLS_DIR)/library/lp_aead.o $(MBEDTLS_DIR)/sodium/obj/*.o
+	cross/aead/build-nettle.sh $(DOWNLOADS)/$(NETTLE_TARBALL) $(MBEDTLS_DIR)/nettle $(GNU_TRIPLE) "$(NETTLE_OPTIONS)" $(TC)/usr/bin/clang \
+	  $(DEVICE_CFLAGS) -O2
+	for f in chachapoly_portable gcm_portable lp_aead; do \
+	  $(TC)/usr/bin/clang $(DEVICE_CFLAGS) -O2 $(AEAD_DEFS) -Wall -Wextra -I$(MBEDTLS_DIR)/include -I$(MBEDTLS_DIR)/library \
+	    -I$(MBEDTLS_DIR)/sodium/include -I$(MBEDTLS_DIR)/nettle/include -c cross/aead/$$f.c \
+	    -o $(MBEDTLS_DIR)/library/lp_$$f.o || exit 1; \
+	done
+	$(TC)/usr/bin/llvm-ar rcs $(MBEDTLS_DIR)/library/libmbedcrypto.a $(MBEDTLS_DIR)/library/lp_*.o \
+	  $(MBEDTLS_DIR)/sodium/obj/*.o $(MBEDTLS_DIR)/nettle/obj/*.o
 endif
 
 $(DOWNLOADS)/$(SODIUM_TARBALL):
 	scripts/debian-source.sh libsodium $(SODIUM_TARBALL) $(SODIUM_SHA256) $(DOWNLOADS)
+
+$(DOWNLOADS)/$(NETTLE_TARBALL):
+	scripts/debian-source.sh nettle $(NETTLE_TARBALL) $(NETTLE_SHA256) $(DOWNLOADS)
 
 mbedtls: $(MBEDTLS_ARCHIVES)
 
@@ -287,13 +299,19 @@ CROSS_TESTS := simultaneous_v3 or big_transfer or dropping_tcp or slow_local_con
 CROSS_ENV    = LOCALPROXY=$(CURDIR)/scripts/qemu-localproxy LP_E2E_BIG_MIB=32
 test-cross: cross venv bench-tools
 	$(MAKE) embedded ARCH=armv7 LINK=fullstatic
-	@# Every ChaCha20-Poly1305 path of the x86_64 static build, on CPU models qemu offers:
-	@# AVX2 (Haswell), SSSE3 without AVX2 (Nehalem), and neither (qemu64: mbedTLS's fallback).
+	@# Every AEAD path of the x86_64 static build, on CPU models qemu offers: AES-NI, PCLMULQDQ
+	@# and AVX2 (Haswell); AES-NI and SSSE3 (Westmere); SSSE3 only (Nehalem); none (qemu64).
 	$(MAKE) embedded ARCH=x86_64
-	for model in "Haswell:ChaCha20 AVX2" "Nehalem:ChaCha20 SSSE3" "qemu64:mbedTLS portable C (no SSSE3"; do \
-	  out=$$(qemu-x86_64-static -cpu $${model%%:*} .build-embedded/x86_64-static/aead-selftest) || { echo "$$out"; exit 1; }; \
-	  echo "$$out" | grep -qF "$${model#*:}" || { echo "on $${model%%:*}, expected $${model#*:}:"; echo "$$out"; exit 1; }; \
-	  echo "qemu -cpu $${model%%:*}: $$(echo "$$out" | tail -1 | cut -c1-110)"; \
+	for model in "Haswell:AES-GCM (Nettle:ChaCha20-Poly1305 (libsodium 1.0.18 (ChaCha20 AVX2" \
+	             "Westmere:AES-GCM (Nettle:ChaCha20-Poly1305 (libsodium 1.0.18 (ChaCha20 SSSE3" \
+	             "Nehalem:AES-GCM (mbedTLS portable C (no AES-NI:ChaCha20-Poly1305 (libsodium 1.0.18 (ChaCha20 SSSE3" \
+	             "qemu64:AES-GCM (mbedTLS portable C (no AES-NI:ChaCha20-Poly1305 (mbedTLS portable C (no SSSE3"; do \
+	  cpu=$${model%%:*} rest=$${model#*:}; \
+	  out=$$(qemu-x86_64-static -cpu $$cpu .build-embedded/x86_64-static/aead-selftest) || { echo "$$out"; exit 1; }; \
+	  for want in "$${rest%%:*}" "$${rest#*:}"; do \
+	    echo "$$out" | grep -qF "$$want" || { echo "on $$cpu, expected $$want:"; echo "$$out"; exit 1; }; \
+	  done; \
+	  echo "qemu -cpu $$cpu: every known answer and differential check passed"; \
 	done
 	for arch in aarch64 armv7; do \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_destination.py -k "$(CROSS_TESTS)" || exit 1; \

@@ -64,9 +64,11 @@ static inline int lp_mbedtls_aes_uses_cpu(void) {
 #endif
 }
 
-#if defined(LP_AEAD_SODIUM)
-/// What does ChaCha20-Poly1305 in this build (cross/aead/lp_aead.c): libsodium's vectorised
-/// code, or mbedTLS's portable code when the CPU lacks SSSE3 or LOCALPROXY_AEAD=portable.
+#if defined(LP_AEAD)
+/// What seals and opens records of each AEAD in a build with accelerated AEADs
+/// (cross/aead/lp_aead.c): the fast library's code, or mbedTLS's portable code when the CPU
+/// lacks the instructions or LOCALPROXY_AEAD=portable.
+const char *lp_aead_gcm_backend(void);
 const char *lp_aead_chachapoly_backend(void);
 #endif
 

@@ -31,6 +31,7 @@ def test_the_licence_and_the_notices_are_in_the_tree():
         ("GNU C Library", "LGPL-2.1-or-later"),
         ("libgcc", "GCC Runtime Library Exception"),
         ("libsodium", "ISC"),
+        ("Nettle", "LGPL-3.0-or-later"),
     ]:
         rows = [line for line in notices.splitlines() if line.startswith("|") and component in line]
         assert rows, f"NOTICES.md has no row for {component}"
@@ -45,3 +46,5 @@ def test_notices_name_the_releases_the_static_builds_use():
     assert f"mbedTLS {version}" in notices
     sodium = re.search(r"^SODIUM_TARBALL\s*:=\s*libsodium_(\S+)\.orig", makefile, re.M).group(1)
     assert f"libsodium {sodium}" in notices
+    nettle = re.search(r"^NETTLE_TARBALL\s*:=\s*nettle_(\S+)\.orig", makefile, re.M).group(1)
+    assert f"Nettle {nettle}" in notices

@@ -8,9 +8,10 @@
  *      ChaCha20-Poly1305 (RFC 8439 section 2.8.2), sealed and opened in place.
  *   2. Every bit of the tag, and bits of the ciphertext and the AAD, flipped one at a time:
  *      each is refused, and nothing of the plaintext is left in the output.
- *   3. With the accelerated ChaCha20-Poly1305 (MBEDTLS_CHACHAPOLY_ALT): the result of
+ *   3. With an accelerated AEAD (MBEDTLS_CHACHAPOLY_ALT, MBEDTLS_GCM_ALT): the result of
  *      mbedTLS's portable code compared with it, for random lengths from 0 to 70 KiB, at
- *      unaligned addresses, in place and out of place, and through the streaming calls.
+ *      unaligned addresses, in place and out of place, and through the streaming calls; wrong
+ *      tags refused and the output wiped.
  *
  * Prints one line per part and exits 1 at the first wrong answer, naming it.
  */
@@ -22,6 +23,18 @@
 #include "mbedtls/cipher.h"
 #include "mbedtls/chachapoly.h"
 #include "mbedtls/gcm.h"
+
+#if defined(MBEDTLS_GCM_ALT)
+const char *lp_aead_gcm_backend(void);
+typedef struct lp_portable_gcm_context lp_portable_gcm_context;
+void lp_portable_gcm_init(lp_portable_gcm_context *ctx);
+int lp_portable_gcm_setkey(lp_portable_gcm_context *ctx, mbedtls_cipher_id_t cipher, const unsigned char *key,
+                           unsigned int keybits);
+int lp_portable_gcm_crypt_and_tag(lp_portable_gcm_context *ctx, int mode, size_t length, const unsigned char *iv,
+                                  size_t iv_len, const unsigned char *add, size_t add_len,
+                                  const unsigned char *input, unsigned char *output, size_t tag_len,
+                                  unsigned char *tag);
+#endif
 
 #if defined(MBEDTLS_CHACHAPOLY_ALT)
 const char *lp_aead_chachapoly_backend(void);
@@ -190,7 +203,11 @@ static void known_answers(void)
     printf("aead-selftest: known answers and tampering: AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305 ok\n");
 }
 
-#if defined(MBEDTLS_CHACHAPOLY_ALT)
+#if defined(MBEDTLS_CHACHAPOLY_ALT) || defined(MBEDTLS_GCM_ALT)
+static const size_t edges[] = { 0, 1, 15, 16, 17, 63, 64, 65, 255, 256, 257, 511, 512, 513,
+                                16383, 16384, 16385, 65535, 65536, MAX_LENGTH };
+#define ROUNDS 400
+
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 
 static uint64_t next_random(void)
@@ -208,11 +225,25 @@ static void random_bytes(unsigned char *p, size_t n)
     }
 }
 
-/* The accelerated path against mbedTLS's portable code. */
-static void differential(void)
+static size_t round_length(size_t round)
 {
-    static const size_t edges[] = { 0, 1, 15, 16, 17, 63, 64, 65, 255, 256, 257, 511, 512, 513,
-                                     16383, 16384, 16385, 65535, 65536, MAX_LENGTH };
+    return round < sizeof edges / sizeof edges[0] ? edges[round] : (size_t) (next_random() % (MAX_LENGTH + 1));
+}
+
+static void check_wiped(const unsigned char *p, size_t len, const char *what)
+{
+    for (size_t k = 0; k < len; k++) {
+        if (p[k] != 0) {
+            fail(what, len);
+        }
+    }
+}
+#endif
+
+#if defined(MBEDTLS_CHACHAPOLY_ALT)
+/* The accelerated ChaCha20-Poly1305 against mbedTLS's portable code. */
+static void chachapoly_differential(void)
+{
     unsigned char *reference = malloc(MAX_LENGTH + 64), *work = malloc(MAX_LENGTH + 64),
                   *plain = malloc(MAX_LENGTH + 64);
     static lp_portable_chachapoly_context *portable;
@@ -221,9 +252,9 @@ static void differential(void)
     if (reference == NULL || work == NULL || plain == NULL) {
         fail("out of memory", MAX_LENGTH);
     }
-    const size_t rounds = 400;
+    const size_t rounds = ROUNDS;
     for (size_t round = 0; round < rounds; round++) {
-        size_t len = round < sizeof edges / sizeof edges[0] ? edges[round] : (size_t) (next_random() % (MAX_LENGTH + 1));
+        size_t len = round_length(round);
         size_t offset = (size_t) (next_random() % 16), out_offset = (size_t) (next_random() % 16);
         size_t aad_len = (size_t) (next_random() % 65);
         unsigned char key[32], nonce[12], aad[64], tag_ref[16], tag[16];
@@ -286,11 +317,7 @@ static void differential(void)
             MBEDTLS_ERR_CHACHAPOLY_AUTH_FAILED) {
             fail("a wrong tag was accepted; length", len);
         }
-        for (size_t k = 0; k < len; k++) {
-            if (work[k] != 0) {
-                fail("output not wiped after a refused tag; length", len);
-            }
-        }
+        check_wiped(work, len, "output not wiped after a refused tag; length");
         mbedtls_chachapoly_free(&ctx);
     }
     free(reference);
@@ -302,12 +329,117 @@ static void differential(void)
 }
 #endif
 
+#if defined(MBEDTLS_GCM_ALT)
+/* The accelerated AES-GCM against mbedTLS's portable code, for 128- and 256-bit keys (the ones
+ * the fast path takes) and 192-bit keys (which stay on mbedTLS's code through the same API). */
+static void gcm_differential(void)
+{
+    unsigned char *reference = malloc(MAX_LENGTH + 64), *work = malloc(MAX_LENGTH + 64),
+                  *plain = malloc(MAX_LENGTH + 64);
+    static union { unsigned char bytes[LP_PORTABLE_GCM_SIZE]; uint64_t align; } portable_storage;
+    lp_portable_gcm_context *portable = (lp_portable_gcm_context *) (void *) portable_storage.bytes;
+    if (reference == NULL || work == NULL || plain == NULL) {
+        fail("out of memory", MAX_LENGTH);
+    }
+    static const unsigned key_sizes[] = { 128, 256, 192 };
+    for (size_t round = 0; round < ROUNDS; round++) {
+        unsigned bits = key_sizes[round % 3];
+        size_t len = round_length(round);
+        size_t offset = (size_t) (next_random() % 16), out_offset = (size_t) (next_random() % 16);
+        size_t aad_len = (size_t) (next_random() % 65);
+        unsigned char key[32], iv[12], aad[64], tag_ref[16], tag[16];
+        random_bytes(key, sizeof key);
+        random_bytes(iv, sizeof iv);
+        random_bytes(aad, aad_len);
+        random_bytes(plain + offset, len);
+
+        lp_portable_gcm_init(portable);
+        if (lp_portable_gcm_setkey(portable, MBEDTLS_CIPHER_ID_AES, key, bits) != 0 ||
+            lp_portable_gcm_crypt_and_tag(portable, MBEDTLS_GCM_ENCRYPT, len, iv, 12, aad, aad_len,
+                                          plain + offset, reference, 16, tag_ref) != 0) {
+            fail("portable GCM encryption", round);
+        }
+        mbedtls_gcm_context ctx;
+        mbedtls_gcm_init(&ctx);
+        if (mbedtls_gcm_setkey(&ctx, MBEDTLS_CIPHER_ID_AES, key, bits) != 0) {
+            fail("GCM setkey", bits);
+        }
+        if (mbedtls_gcm_crypt_and_tag(&ctx, MBEDTLS_GCM_ENCRYPT, len, iv, 12, aad, aad_len, plain + offset,
+                                      work + out_offset, 16, tag) != 0 ||
+            memcmp(work + out_offset, reference, len) != 0 || memcmp(tag, tag_ref, 16) != 0) {
+            fail("out-of-place GCM encryption differs from mbedTLS's portable code; length", len);
+        }
+        memcpy(work + offset, plain + offset, len);
+        if (mbedtls_gcm_crypt_and_tag(&ctx, MBEDTLS_GCM_ENCRYPT, len, iv, 12, aad, aad_len, work + offset,
+                                      work + offset, 16, tag) != 0 ||
+            memcmp(work + offset, reference, len) != 0 || memcmp(tag, tag_ref, 16) != 0) {
+            fail("in-place GCM encryption differs from mbedTLS's portable code; length", len);
+        }
+        if (mbedtls_gcm_auth_decrypt(&ctx, len, iv, 12, aad, aad_len, tag, 16, work + offset, work + offset) != 0 ||
+            memcmp(work + offset, plain + offset, len) != 0) {
+            fail("in-place GCM decryption; length", len);
+        }
+        /* A shortened tag (the API allows 4 to 16 bytes) is the reference's prefix. */
+        if (mbedtls_gcm_crypt_and_tag(&ctx, MBEDTLS_GCM_ENCRYPT, len, iv, 12, aad, aad_len, plain + offset,
+                                      work, 12, tag) != 0 || memcmp(tag, tag_ref, 12) != 0) {
+            fail("12-byte GCM tag; length", len);
+        }
+        /* The streaming calls through the cipher layer, in pieces of whole blocks. */
+        mbedtls_cipher_context_t c;
+        mbedtls_cipher_type_t type = bits == 128 ? MBEDTLS_CIPHER_AES_128_GCM
+                                   : bits == 192 ? MBEDTLS_CIPHER_AES_192_GCM : MBEDTLS_CIPHER_AES_256_GCM;
+        if (mbedtls_cipher_info_from_type(type) != NULL) {
+            setup(&c, type, key, MBEDTLS_ENCRYPT);
+            size_t done = 0, olen = 0;
+            if (mbedtls_cipher_set_iv(&c, iv, 12) != 0 || mbedtls_cipher_reset(&c) != 0 ||
+                mbedtls_cipher_update_ad(&c, aad, aad_len) != 0) {
+                fail("GCM streaming start", round);
+            }
+            while (done < len) {
+                size_t piece = 16 * (1 + (size_t) (next_random() % 300));
+                if (piece > len - done) {
+                    piece = len - done;
+                }
+                if (mbedtls_cipher_update(&c, plain + offset + done, piece, work + done, &olen) != 0 || olen != piece) {
+                    fail("GCM streaming update", round);
+                }
+                done += piece;
+            }
+            if (mbedtls_cipher_finish(&c, work + done, &olen) != 0 || mbedtls_cipher_write_tag(&c, tag, 16) != 0 ||
+                memcmp(work, reference, len) != 0 || memcmp(tag, tag_ref, 16) != 0) {
+                fail("GCM streaming encryption differs from the one-shot call; length", len);
+            }
+            mbedtls_cipher_free(&c);
+        }
+        /* A wrong tag is refused and the output is wiped. */
+        tag_ref[round % 16] ^= (unsigned char) (1u << (round % 8));
+        memcpy(work, reference, len);
+        if (mbedtls_gcm_auth_decrypt(&ctx, len, iv, 12, aad, aad_len, tag_ref, 16, work, work) !=
+            MBEDTLS_ERR_GCM_AUTH_FAILED) {
+            fail("a wrong GCM tag was accepted; length", len);
+        }
+        check_wiped(work, len, "output not wiped after a refused GCM tag; length");
+        mbedtls_gcm_free(&ctx);
+    }
+    free(reference);
+    free(work);
+    free(plain);
+    printf("aead-selftest: AES-GCM (%s) equals mbedTLS's portable code: %d messages of 0 to %d bytes, "
+           "128-, 192- and 256-bit keys, unaligned, in place and out of place, one-shot and streaming; "
+           "wrong tags refused\n", lp_aead_gcm_backend(), ROUNDS, MAX_LENGTH);
+}
+#endif
+
 int main(void)
 {
     known_answers();
+#if defined(MBEDTLS_GCM_ALT)
+    gcm_differential();
+#endif
 #if defined(MBEDTLS_CHACHAPOLY_ALT)
-    differential();
-#else
+    chachapoly_differential();
+#endif
+#if !defined(MBEDTLS_GCM_ALT) && !defined(MBEDTLS_CHACHAPOLY_ALT)
     printf("aead-selftest: this build has no accelerated AEAD (mbedTLS's portable code only)\n");
 #endif
     return 0;

@@ -1,36 +1,73 @@
 /*
- * localproxy: ChaCha20-Poly1305 for mbedTLS (MBEDTLS_CHACHAPOLY_ALT) with libsodium's
- * vectorised code on CPUs that have it, and mbedTLS's portable code everywhere else.
+ * localproxy: the record AEADs of mbedTLS (MBEDTLS_CHACHAPOLY_ALT, MBEDTLS_GCM_ALT) with a
+ * vectorised library's code on CPUs that have the instructions, and mbedTLS's portable code
+ * everywhere else. Which library serves which AEAD is chosen per architecture by the Makefile:
  *
- * The TLS record layer encrypts and decrypts each record with one call
- * (mbedtls_chachapoly_encrypt_and_tag / mbedtls_chachapoly_auth_decrypt, in place): those go to
- * libsodium's crypto_aead_chacha20poly1305_ietf_*_detached when the accelerated path is on. The
- * streaming calls (starts / update_aad / update / finish), which TLS does not use, always go to
- * mbedTLS's own implementation, compiled under other names by chachapoly_portable.c.
+ *   LP_AEAD_CHACHAPOLY_SODIUM  ChaCha20-Poly1305 from libsodium (x86_64: AVX2 or SSSE3)
+ *   LP_AEAD_GCM_NETTLE         AES-128-GCM and AES-256-GCM from Nettle (x86_64: AES-NI and
+ *                              PCLMULQDQ)
  *
- * The path is chosen once, on the first key set: accelerated when libsodium found SSSE3 or
- * AVX2 (x86_64), portable otherwise, or when the environment variable LOCALPROXY_AEAD is
- * "portable" (the switch the tests use to run both paths on one machine).
+ * The TLS record layer seals and opens each record with one call, in place
+ * (mbedtls_*_encrypt_and_tag / crypt_and_tag, mbedtls_*_auth_decrypt): those go to the fast
+ * code when it is on. The streaming calls, which TLS does not use, and key sizes the fast code
+ * does not take, always go to mbedTLS's own implementation, compiled under other names by
+ * chachapoly_portable.c and gcm_portable.c.
+ *
+ * Each AEAD's path is chosen once, at its first key set: fast when the CPU has the
+ * instructions, portable otherwise or when the environment variable LOCALPROXY_AEAD is
+ * "portable" (the switch that lets the tests run both paths on one machine).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
-#include "mbedtls/chachapoly.h"
 #include "mbedtls/platform_util.h"
 
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM)
+#include "mbedtls/chachapoly.h"
 #include "sodium/crypto_aead_chacha20poly1305.h"
 #include "sodium/runtime.h"
-
 #if !defined(MBEDTLS_CHACHAPOLY_ALT)
-#error "lp_aead.c implements MBEDTLS_CHACHAPOLY_ALT: build it with the accelerated configuration"
+#error "LP_AEAD_CHACHAPOLY_SODIUM needs MBEDTLS_CHACHAPOLY_ALT in the mbedTLS configuration"
 #endif
+#endif
+
+#if defined(LP_AEAD_GCM_NETTLE)
+#include "mbedtls/gcm.h"
+#include "nettle/gcm.h"
+#include "nettle/memops.h"
+#if !defined(MBEDTLS_GCM_ALT)
+#error "LP_AEAD_GCM_NETTLE needs MBEDTLS_GCM_ALT in the mbedTLS configuration"
+#endif
+#endif
+
+/* One event-loop thread: the choices below need no locking. */
+static int forced_portable(void)
+{
+    const char *forced = getenv("LOCALPROXY_AEAD");
+    return forced != NULL && strcmp(forced, "portable") == 0;
+}
+
+#define FORCED_TEXT "mbedTLS portable C (forced by LOCALPROXY_AEAD=portable)"
+
+/* ------------------------------------------------------------------------------------------ */
+/* ChaCha20-Poly1305 */
+
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM)
 
 /* libsodium's CPU detection and implementation choice, normally run by sodium_init(), which
  * would also set up every other primitive and the random generator. */
 int _sodium_runtime_get_cpu_features(void);
 int _crypto_stream_chacha20_pick_best_implementation(void);
 int _crypto_onetimeauth_poly1305_pick_best_implementation(void);
+
+/* libsodium calls this on an API misuse (lengths beyond its limits, which TLS records never
+ * reach). Its own version, in sodium/core.c, is not built (see build-sodium.sh); it aborts too. */
+void sodium_misuse(void);
+void sodium_misuse(void)
+{
+    abort();
+}
 
 typedef struct lp_portable_chachapoly_context lp_portable_chachapoly_context;
 void lp_portable_chachapoly_init(lp_portable_chachapoly_context *ctx);
@@ -52,59 +89,49 @@ int lp_portable_chachapoly_auth_decrypt(lp_portable_chachapoly_context *ctx, siz
                                         size_t aad_len, const unsigned char tag[16],
                                         const unsigned char *input, unsigned char *output);
 
-/* libsodium calls this on an API misuse (lengths beyond its limits, which TLS records never
- * reach). Its own version, in sodium/core.c, is not built (see build-sodium.sh); it aborts too. */
-void sodium_misuse(void);
-void sodium_misuse(void)
+#define PORTABLE_CHACHAPOLY(ctx) ((lp_portable_chachapoly_context *) (void *) (ctx)->portable.bytes)
+
+/* -1: not chosen yet; 0: portable; 1: libsodium. */
+static int chachapoly_fast = -1;
+static const char *chachapoly_text = "mbedTLS portable C";
+
+static int chachapoly_use_fast(void)
 {
-    abort();
-}
-
-#define PORTABLE(ctx) ((lp_portable_chachapoly_context *) (void *) (ctx)->portable.bytes)
-
-/* -1: not chosen yet; 0: portable; 1: libsodium. One event-loop thread: no locking needed. */
-static int accelerated = -1;
-static const char *backend = "mbedTLS portable C";
-
-static int use_accelerated(void)
-{
-    if (accelerated >= 0) {
-        return accelerated;
+    if (chachapoly_fast >= 0) {
+        return chachapoly_fast;
     }
-    const char *forced = getenv("LOCALPROXY_AEAD");
-    if (forced != NULL && strcmp(forced, "portable") == 0) {
-        accelerated = 0;
-        backend = "mbedTLS portable C (forced by LOCALPROXY_AEAD=portable)";
-        return accelerated;
+    if (forced_portable()) {
+        chachapoly_fast = 0;
+        chachapoly_text = FORCED_TEXT;
+        return chachapoly_fast;
     }
     _sodium_runtime_get_cpu_features();
     _crypto_stream_chacha20_pick_best_implementation();
     _crypto_onetimeauth_poly1305_pick_best_implementation();
     if (sodium_runtime_has_avx2()) {
-        accelerated = 1;
-        backend = "libsodium 1.0.18 (ChaCha20 AVX2, Poly1305 SSE2)";
+        chachapoly_fast = 1;
+        chachapoly_text = "libsodium 1.0.18 (ChaCha20 AVX2, Poly1305 SSE2)";
     } else if (sodium_runtime_has_ssse3()) {
-        accelerated = 1;
-        backend = "libsodium 1.0.18 (ChaCha20 SSSE3, Poly1305 SSE2)";
+        chachapoly_fast = 1;
+        chachapoly_text = "libsodium 1.0.18 (ChaCha20 SSSE3, Poly1305 SSE2)";
     } else {
         /* libsodium's own fallback is portable C too: keep mbedTLS's. */
-        accelerated = 0;
-        backend = "mbedTLS portable C (no SSSE3 on this CPU)";
+        chachapoly_fast = 0;
+        chachapoly_text = "mbedTLS portable C (no SSSE3 on this CPU)";
     }
-    return accelerated;
+    return chachapoly_fast;
 }
 
-/* What does ChaCha20-Poly1305 here, for `localproxy --version` (declared in the Swift shim). */
 const char *lp_aead_chachapoly_backend(void)
 {
-    use_accelerated();
-    return backend;
+    chachapoly_use_fast();
+    return chachapoly_text;
 }
 
 void mbedtls_chachapoly_init(mbedtls_chachapoly_context *ctx)
 {
     memset(ctx, 0, sizeof(*ctx));
-    lp_portable_chachapoly_init(PORTABLE(ctx));
+    lp_portable_chachapoly_init(PORTABLE_CHACHAPOLY(ctx));
 }
 
 void mbedtls_chachapoly_free(mbedtls_chachapoly_context *ctx)
@@ -112,45 +139,46 @@ void mbedtls_chachapoly_free(mbedtls_chachapoly_context *ctx)
     if (ctx == NULL) {
         return;
     }
-    lp_portable_chachapoly_free(PORTABLE(ctx));
+    lp_portable_chachapoly_free(PORTABLE_CHACHAPOLY(ctx));
     mbedtls_platform_zeroize(ctx->key, sizeof(ctx->key));
 }
 
 int mbedtls_chachapoly_setkey(mbedtls_chachapoly_context *ctx, const unsigned char key[32])
 {
-    use_accelerated();
+    chachapoly_use_fast();
     memcpy(ctx->key, key, sizeof(ctx->key));
-    return lp_portable_chachapoly_setkey(PORTABLE(ctx), key);
+    return lp_portable_chachapoly_setkey(PORTABLE_CHACHAPOLY(ctx), key);
 }
 
 int mbedtls_chachapoly_starts(mbedtls_chachapoly_context *ctx, const unsigned char nonce[12],
                               mbedtls_chachapoly_mode_t mode)
 {
-    return lp_portable_chachapoly_starts(PORTABLE(ctx), nonce, mode);
+    return lp_portable_chachapoly_starts(PORTABLE_CHACHAPOLY(ctx), nonce, mode);
 }
 
 int mbedtls_chachapoly_update_aad(mbedtls_chachapoly_context *ctx, const unsigned char *aad, size_t aad_len)
 {
-    return lp_portable_chachapoly_update_aad(PORTABLE(ctx), aad, aad_len);
+    return lp_portable_chachapoly_update_aad(PORTABLE_CHACHAPOLY(ctx), aad, aad_len);
 }
 
 int mbedtls_chachapoly_update(mbedtls_chachapoly_context *ctx, size_t len, const unsigned char *input,
                               unsigned char *output)
 {
-    return lp_portable_chachapoly_update(PORTABLE(ctx), len, input, output);
+    return lp_portable_chachapoly_update(PORTABLE_CHACHAPOLY(ctx), len, input, output);
 }
 
 int mbedtls_chachapoly_finish(mbedtls_chachapoly_context *ctx, unsigned char mac[16])
 {
-    return lp_portable_chachapoly_finish(PORTABLE(ctx), mac);
+    return lp_portable_chachapoly_finish(PORTABLE_CHACHAPOLY(ctx), mac);
 }
 
 int mbedtls_chachapoly_encrypt_and_tag(mbedtls_chachapoly_context *ctx, size_t length,
                                        const unsigned char nonce[12], const unsigned char *aad, size_t aad_len,
                                        const unsigned char *input, unsigned char *output, unsigned char tag[16])
 {
-    if (!use_accelerated()) {
-        return lp_portable_chachapoly_encrypt_and_tag(PORTABLE(ctx), length, nonce, aad, aad_len, input, output, tag);
+    if (!chachapoly_use_fast()) {
+        return lp_portable_chachapoly_encrypt_and_tag(PORTABLE_CHACHAPOLY(ctx), length, nonce, aad, aad_len,
+                                                      input, output, tag);
     }
     /* libsodium allows input == output (in place), as mbedTLS does. */
     if (crypto_aead_chacha20poly1305_ietf_encrypt_detached(output, tag, NULL, input, length, aad, aad_len,
@@ -164,8 +192,9 @@ int mbedtls_chachapoly_auth_decrypt(mbedtls_chachapoly_context *ctx, size_t leng
                                     const unsigned char nonce[12], const unsigned char *aad, size_t aad_len,
                                     const unsigned char tag[16], const unsigned char *input, unsigned char *output)
 {
-    if (!use_accelerated()) {
-        return lp_portable_chachapoly_auth_decrypt(PORTABLE(ctx), length, nonce, aad, aad_len, tag, input, output);
+    if (!chachapoly_use_fast()) {
+        return lp_portable_chachapoly_auth_decrypt(PORTABLE_CHACHAPOLY(ctx), length, nonce, aad, aad_len, tag,
+                                                   input, output);
     }
     /* libsodium checks the tag before decrypting anything. */
     if (crypto_aead_chacha20poly1305_ietf_decrypt_detached(output, NULL, input, length, tag, aad, aad_len,
@@ -176,3 +205,244 @@ int mbedtls_chachapoly_auth_decrypt(mbedtls_chachapoly_context *ctx, size_t leng
     }
     return 0;
 }
+
+#else
+
+const char *lp_aead_chachapoly_backend(void)
+{
+    return "mbedTLS portable C";
+}
+
+#endif /* LP_AEAD_CHACHAPOLY_SODIUM */
+
+/* ------------------------------------------------------------------------------------------ */
+/* AES-GCM */
+
+#if defined(LP_AEAD_GCM_NETTLE)
+
+typedef struct lp_portable_gcm_context lp_portable_gcm_context;
+void lp_portable_gcm_init(lp_portable_gcm_context *ctx);
+void lp_portable_gcm_free(lp_portable_gcm_context *ctx);
+int lp_portable_gcm_setkey(lp_portable_gcm_context *ctx, mbedtls_cipher_id_t cipher, const unsigned char *key,
+                           unsigned int keybits);
+int lp_portable_gcm_crypt_and_tag(lp_portable_gcm_context *ctx, int mode, size_t length, const unsigned char *iv,
+                                  size_t iv_len, const unsigned char *add, size_t add_len,
+                                  const unsigned char *input, unsigned char *output, size_t tag_len,
+                                  unsigned char *tag);
+int lp_portable_gcm_auth_decrypt(lp_portable_gcm_context *ctx, size_t length, const unsigned char *iv,
+                                 size_t iv_len, const unsigned char *add, size_t add_len,
+                                 const unsigned char *tag, size_t tag_len, const unsigned char *input,
+                                 unsigned char *output);
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+int lp_portable_gcm_starts(lp_portable_gcm_context *ctx, int mode, const unsigned char *iv, size_t iv_len);
+int lp_portable_gcm_update_ad(lp_portable_gcm_context *ctx, const unsigned char *add, size_t add_len);
+int lp_portable_gcm_update(lp_portable_gcm_context *ctx, const unsigned char *input, size_t input_length,
+                           unsigned char *output, size_t output_size, size_t *output_length);
+int lp_portable_gcm_finish(lp_portable_gcm_context *ctx, unsigned char *output, size_t output_size,
+                           size_t *output_length, unsigned char *tag, size_t tag_len);
+#else
+int lp_portable_gcm_starts(lp_portable_gcm_context *ctx, int mode, const unsigned char *iv, size_t iv_len,
+                           const unsigned char *add, size_t add_len);
+int lp_portable_gcm_update(lp_portable_gcm_context *ctx, size_t length, const unsigned char *input,
+                           unsigned char *output);
+int lp_portable_gcm_finish(lp_portable_gcm_context *ctx, unsigned char *tag, size_t tag_len);
+#endif
+
+_Static_assert(sizeof(struct gcm_aes128_ctx) <= LP_FAST_GCM_SIZE, "Nettle's gcm_aes128_ctx outgrew LP_FAST_GCM_SIZE");
+_Static_assert(sizeof(struct gcm_aes256_ctx) <= LP_FAST_GCM_SIZE, "Nettle's gcm_aes256_ctx outgrew LP_FAST_GCM_SIZE");
+_Static_assert(_Alignof(struct gcm_aes256_ctx) <= _Alignof(uint64_t), "Nettle's GCM context needs a stricter alignment");
+
+#define PORTABLE_GCM(ctx) ((lp_portable_gcm_context *) (void *) (ctx)->portable.bytes)
+#define FAST_GCM128(ctx) ((struct gcm_aes128_ctx *) (void *) (ctx)->fast.bytes)
+#define FAST_GCM256(ctx) ((struct gcm_aes256_ctx *) (void *) (ctx)->fast.bytes)
+
+static int gcm_fast = -1;
+static const char *gcm_text = "mbedTLS portable C";
+
+static int gcm_use_fast(void)
+{
+    if (gcm_fast >= 0) {
+        return gcm_fast;
+    }
+    if (forced_portable()) {
+        gcm_fast = 0;
+        gcm_text = FORCED_TEXT;
+    } else if (__builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul")) {
+        /* Nettle is built with its AES-NI and PCLMULQDQ code (build-nettle.sh), which only
+         * this check keeps from running on a CPU without them. */
+        gcm_fast = 1;
+        gcm_text = "Nettle 3.8.1 (AES-NI, PCLMULQDQ GHASH)";
+    } else {
+        /* Without the instructions Nettle's AES is table-driven C, as mbedTLS's is. */
+        gcm_fast = 0;
+        gcm_text = "mbedTLS portable C (no AES-NI and PCLMULQDQ on this CPU)";
+    }
+    return gcm_fast;
+}
+
+const char *lp_aead_gcm_backend(void)
+{
+    gcm_use_fast();
+    return gcm_text;
+}
+
+void mbedtls_gcm_init(mbedtls_gcm_context *ctx)
+{
+    memset(ctx, 0, sizeof(*ctx));
+    lp_portable_gcm_init(PORTABLE_GCM(ctx));
+}
+
+void mbedtls_gcm_free(mbedtls_gcm_context *ctx)
+{
+    if (ctx == NULL) {
+        return;
+    }
+    lp_portable_gcm_free(PORTABLE_GCM(ctx));
+    mbedtls_platform_zeroize(ctx->fast.bytes, sizeof(ctx->fast.bytes));
+    ctx->fast_key_bits = 0;
+}
+
+int mbedtls_gcm_setkey(mbedtls_gcm_context *ctx, mbedtls_cipher_id_t cipher, const unsigned char *key,
+                       unsigned int keybits)
+{
+    int ret = lp_portable_gcm_setkey(PORTABLE_GCM(ctx), cipher, key, keybits);
+    mbedtls_platform_zeroize(ctx->fast.bytes, sizeof(ctx->fast.bytes));
+    ctx->fast_key_bits = 0;
+    if (ret != 0 || cipher != MBEDTLS_CIPHER_ID_AES || !gcm_use_fast()) {
+        return ret;
+    }
+    if (keybits == 128) {
+        nettle_gcm_aes128_set_key(FAST_GCM128(ctx), key);
+        ctx->fast_key_bits = 128;
+    } else if (keybits == 256) {
+        nettle_gcm_aes256_set_key(FAST_GCM256(ctx), key);
+        ctx->fast_key_bits = 256;
+    }
+    return 0;
+}
+
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+int mbedtls_gcm_starts(mbedtls_gcm_context *ctx, int mode, const unsigned char *iv, size_t iv_len)
+{
+    return lp_portable_gcm_starts(PORTABLE_GCM(ctx), mode, iv, iv_len);
+}
+
+int mbedtls_gcm_update_ad(mbedtls_gcm_context *ctx, const unsigned char *add, size_t add_len)
+{
+    return lp_portable_gcm_update_ad(PORTABLE_GCM(ctx), add, add_len);
+}
+
+int mbedtls_gcm_update(mbedtls_gcm_context *ctx, const unsigned char *input, size_t input_length,
+                       unsigned char *output, size_t output_size, size_t *output_length)
+{
+    return lp_portable_gcm_update(PORTABLE_GCM(ctx), input, input_length, output, output_size, output_length);
+}
+
+int mbedtls_gcm_finish(mbedtls_gcm_context *ctx, unsigned char *output, size_t output_size,
+                       size_t *output_length, unsigned char *tag, size_t tag_len)
+{
+    return lp_portable_gcm_finish(PORTABLE_GCM(ctx), output, output_size, output_length, tag, tag_len);
+}
+#else
+int mbedtls_gcm_starts(mbedtls_gcm_context *ctx, int mode, const unsigned char *iv, size_t iv_len,
+                       const unsigned char *add, size_t add_len)
+{
+    return lp_portable_gcm_starts(PORTABLE_GCM(ctx), mode, iv, iv_len, add, add_len);
+}
+
+int mbedtls_gcm_update(mbedtls_gcm_context *ctx, size_t length, const unsigned char *input, unsigned char *output)
+{
+    return lp_portable_gcm_update(PORTABLE_GCM(ctx), length, input, output);
+}
+
+int mbedtls_gcm_finish(mbedtls_gcm_context *ctx, unsigned char *tag, size_t tag_len)
+{
+    return lp_portable_gcm_finish(PORTABLE_GCM(ctx), tag, tag_len);
+}
+#endif
+
+/* The fast path takes what the TLS record layer uses: 12-byte IVs, tags of 4 to 16 bytes.
+ * Anything else keeps mbedTLS's checks and answers. */
+static int gcm_fast_call(const mbedtls_gcm_context *ctx, size_t iv_len, size_t tag_len)
+{
+    return ctx->fast_key_bits != 0 && iv_len == 12 && tag_len >= 4 && tag_len <= 16;
+}
+
+static void gcm_fast_start(mbedtls_gcm_context *ctx, const unsigned char *iv, const unsigned char *add,
+                           size_t add_len)
+{
+    if (ctx->fast_key_bits == 128) {
+        nettle_gcm_aes128_set_iv(FAST_GCM128(ctx), 12, iv);
+        nettle_gcm_aes128_update(FAST_GCM128(ctx), add_len, add);
+    } else {
+        nettle_gcm_aes256_set_iv(FAST_GCM256(ctx), 12, iv);
+        nettle_gcm_aes256_update(FAST_GCM256(ctx), add_len, add);
+    }
+}
+
+static void gcm_fast_digest(mbedtls_gcm_context *ctx, size_t tag_len, unsigned char *tag)
+{
+    if (ctx->fast_key_bits == 128) {
+        nettle_gcm_aes128_digest(FAST_GCM128(ctx), tag_len, tag);
+    } else {
+        nettle_gcm_aes256_digest(FAST_GCM256(ctx), tag_len, tag);
+    }
+}
+
+int mbedtls_gcm_crypt_and_tag(mbedtls_gcm_context *ctx, int mode, size_t length, const unsigned char *iv,
+                              size_t iv_len, const unsigned char *add, size_t add_len,
+                              const unsigned char *input, unsigned char *output, size_t tag_len,
+                              unsigned char *tag)
+{
+    if (!gcm_fast_call(ctx, iv_len, tag_len)) {
+        return lp_portable_gcm_crypt_and_tag(PORTABLE_GCM(ctx), mode, length, iv, iv_len, add, add_len,
+                                             input, output, tag_len, tag);
+    }
+    gcm_fast_start(ctx, iv, add, add_len);
+    /* Nettle allows output == input (in place), as mbedTLS does. */
+    if (ctx->fast_key_bits == 128) {
+        if (mode == MBEDTLS_GCM_ENCRYPT) {
+            nettle_gcm_aes128_encrypt(FAST_GCM128(ctx), length, output, input);
+        } else {
+            nettle_gcm_aes128_decrypt(FAST_GCM128(ctx), length, output, input);
+        }
+    } else {
+        if (mode == MBEDTLS_GCM_ENCRYPT) {
+            nettle_gcm_aes256_encrypt(FAST_GCM256(ctx), length, output, input);
+        } else {
+            nettle_gcm_aes256_decrypt(FAST_GCM256(ctx), length, output, input);
+        }
+    }
+    gcm_fast_digest(ctx, tag_len, tag);
+    return 0;
+}
+
+int mbedtls_gcm_auth_decrypt(mbedtls_gcm_context *ctx, size_t length, const unsigned char *iv, size_t iv_len,
+                             const unsigned char *add, size_t add_len, const unsigned char *tag, size_t tag_len,
+                             const unsigned char *input, unsigned char *output)
+{
+    if (!gcm_fast_call(ctx, iv_len, tag_len)) {
+        return lp_portable_gcm_auth_decrypt(PORTABLE_GCM(ctx), length, iv, iv_len, add, add_len, tag, tag_len,
+                                            input, output);
+    }
+    unsigned char expected[16];
+    mbedtls_gcm_crypt_and_tag(ctx, MBEDTLS_GCM_DECRYPT, length, iv, iv_len, add, add_len, input, output,
+                              tag_len, expected);
+    int same = nettle_memeql_sec(expected, tag, tag_len);
+    mbedtls_platform_zeroize(expected, sizeof(expected));
+    if (!same) {
+        /* As mbedTLS does: nothing of an unauthenticated message is left in the output. */
+        mbedtls_platform_zeroize(output, length);
+        return MBEDTLS_ERR_GCM_AUTH_FAILED;
+    }
+    return 0;
+}
+
+#else
+
+const char *lp_aead_gcm_backend(void)
+{
+    return "mbedTLS portable C";
+}
+
+#endif /* LP_AEAD_GCM_NETTLE */

@@ -79,11 +79,16 @@
 #define MBEDTLS_X509_USE_C
 #define MBEDTLS_X509_CRT_PARSE_C
 
-/* The accelerated record AEAD (cross/aead/): on when the build defines LP_AEAD_SODIUM (the
- * Makefile does for x86_64), except in the file that compiles mbedTLS's own ChaCha20-Poly1305
- * under other names as the fallback (LP_PORTABLE_AEAD). */
-#if defined(LP_AEAD_SODIUM) && !defined(LP_PORTABLE_AEAD)
+/* The accelerated record AEADs (cross/aead/): on when the build defines LP_AEAD_* (the
+ * Makefile does per architecture), except in the files that compile mbedTLS's own
+ * implementations under other names as the fallback (LP_PORTABLE_AEAD). */
+#if !defined(LP_PORTABLE_AEAD)
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM)
 #define MBEDTLS_CHACHAPOLY_ALT
+#endif
+#if defined(LP_AEAD_GCM_NETTLE)
+#define MBEDTLS_GCM_ALT
+#endif
 #endif
 
 #include "mbedtls/check_config.h"
