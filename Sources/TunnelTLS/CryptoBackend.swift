@@ -21,6 +21,15 @@ public enum CryptoBackend {
         return text
     }
 
+    /// Whether AES-GCM records cost less than ChaCha20-Poly1305 ones here.
+    public static var aesGCMIsFast: Bool {
+        #if LP_AEAD
+        return lp_aead_gcm_fast() != 0
+        #else
+        return false
+        #endif
+    }
+
     private static func cString(_ pointer: UnsafePointer<CChar>) -> String {
         String(decoding: UnsafeRawBufferPointer(start: pointer, count: strlen(pointer)), as: UTF8.self)
     }

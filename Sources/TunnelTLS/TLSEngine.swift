@@ -53,6 +53,11 @@ public final class TLSConfiguration {
     /// about the server's certificate is checked (`-k`): for development only.
     public static func client(trustPaths: [String], verify: Bool, random: SecureRandom) throws(TLSError) -> TLSConfiguration {
         let c = try TLSConfiguration(role: .client, verifiesPeer: verify, random: random)
+        // The cheapest record cipher first, for servers that let the client choose: AES-GCM
+        // where this build has fast code for it on this CPU (AES and carry-less multiply
+        // instructions), ChaCha20-Poly1305 everywhere else, where it beats a portable AES-GCM
+        // (docs/CRYPTO.md has the figures).
+        lp_ssl_conf_cipher_order(c.config, CryptoBackend.aesGCMIsFast ? 1 : 0)
         if verify {
             for path in trustPaths.isEmpty ? [systemBundle] : trustPaths {
                 try c.addTrusted(path)

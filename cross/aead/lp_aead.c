@@ -286,6 +286,11 @@ const char *lp_aead_gcm_backend(void)
     return gcm_text;
 }
 
+int lp_aead_gcm_fast(void)
+{
+    return gcm_use_fast();
+}
+
 void mbedtls_gcm_init(mbedtls_gcm_context *ctx)
 {
     memset(ctx, 0, sizeof(*ctx));
@@ -443,6 +448,11 @@ int mbedtls_gcm_auth_decrypt(mbedtls_gcm_context *ctx, size_t length, const unsi
 const char *lp_aead_gcm_backend(void)
 {
     return "mbedTLS portable C";
+}
+
+int lp_aead_gcm_fast(void)
+{
+    return 0;
 }
 
 #endif /* LP_AEAD_GCM_NETTLE */
