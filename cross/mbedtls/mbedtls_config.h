@@ -40,6 +40,12 @@
  * - MBEDTLS_SSL_SESSION_TICKETS: without it mbedTLS reads and drops the NewSessionTicket
  *   messages TLS 1.3 servers send after the handshake; the proxy never resumes a session.
  *
+ * Known problem of 3.6.6, the version this is built with (Makefile, MBEDTLS_VERSION): its TLS 1.2
+ * client rejects a ServerKeyExchange signed in RSA-PSS (fixed in 3.6.7). The proxy lists
+ * PKCS#1 v1.5 before PSS (lp_ssl_conf_client_sig_algs in Sources/CMbedTLS/shim.h), which
+ * servers that follow the client's order (OpenSSL's default) honour; a TLS 1.2-only server with
+ * an RSA key that imposes its own order and prefers PSS still fails the handshake.
+ *
  * The PSA key store keeps mbedTLS's default (MBEDTLS_PSA_KEY_STORE_DYNAMIC, which grows on
  * the heap): a TLS 1.3 session holds a few PSA keys while it lives, and the proxy has one or
  * two sessions at a time.
