@@ -58,11 +58,15 @@ else ifeq ($(ARCH),armv7)
 else
   $(error ARCH must be x86_64, aarch64 or armv7)
 endif
-# static and fullstatic link a minimal mbedTLS (cross/mbedtls/config.h) built from Debian's
-# source of the packaged version; its headers replace the system ones for the Swift importer.
-MBEDTLS_VERSION := 2.28.3
-MBEDTLS_TARBALL := mbedtls_$(MBEDTLS_VERSION).orig.tar.gz
-MBEDTLS_SHA256  := 3b4953aa55a681e084d31892d9904cc5328d6b4958ea57b90ae4b4f94ae69a8d
+# static and fullstatic link a minimal mbedTLS 3.6 LTS (cross/mbedtls/mbedtls_config.h: TLS 1.2
+# and 1.3 client) built from Debian 13's (trixie) source package, since Debian 12's 2.28 is out
+# of upstream support; its headers replace the system ones for the Swift importer. The dynamic
+# build and the host SwiftPM build keep the system's mbedTLS (2.28 on Debian 12).
+MBEDTLS_VERSION := 3.6.6
+MBEDTLS_SUITE   := trixie
+MBEDTLS_TARBALL := mbedtls_$(MBEDTLS_VERSION).orig.tar.bz2
+MBEDTLS_SHA256  := 8fb65fae8dcae5840f793c0a334860a411f884cc537ea290ce1c52bb64ca007a
+MBEDTLS_CONFIG  := cross/mbedtls/mbedtls_config.h
 DOWNLOADS       := .build-embedded/downloads
 MBEDTLS_DIR     := .build-embedded/mbedtls-$(ARCH)
 MBEDTLS_ARCHIVES := $(addprefix $(MBEDTLS_DIR)/library/,libmbedtls.a libmbedx509.a libmbedcrypto.a)
@@ -219,18 +223,21 @@ ifneq ($(EMB_MBEDTLS),)
 	@LOCALPROXY_AEAD=portable $(RUNNER) $(EMB_DIR)/aead-selftest
 endif
 
-# The minimal mbedTLS: the upstream tarball of Debian's source package of the packaged version,
-# fetched through this machine's own apt sources (scripts/debian-source.sh derives deb-src
-# entries in a private apt state; nothing names a host), checked against its SHA-256, unpacked
-# under .build-embedded and configured by cross/mbedtls/config.h. Nothing of it is committed.
+# The minimal mbedTLS: the upstream tarball of Debian's source package (of MBEDTLS_SUITE, a
+# newer Debian release than this machine's), fetched through this machine's own apt sources
+# (scripts/debian-source.sh derives deb-src entries for that suite in a private apt state;
+# nothing names a host), checked against its SHA-256, unpacked under .build-embedded and
+# configured by $(MBEDTLS_CONFIG), copied over the tarball's include/mbedtls/mbedtls_config.h.
+# Nothing of it is committed. The tarball carries its generated sources (error.c, the PSA driver
+# wrappers...), so neither Python nor Perl runs here.
 $(DOWNLOADS)/$(MBEDTLS_TARBALL):
-	scripts/debian-source.sh mbedtls $(MBEDTLS_TARBALL) $(MBEDTLS_SHA256) $(DOWNLOADS)
+	scripts/debian-source.sh mbedtls $(MBEDTLS_TARBALL) $(MBEDTLS_SHA256) $(DOWNLOADS) $(MBEDTLS_SUITE)
 
-$(MBEDTLS_ARCHIVES) &: $(DOWNLOADS)/$(MBEDTLS_TARBALL) cross/mbedtls/config.h \
+$(MBEDTLS_ARCHIVES) &: $(DOWNLOADS)/$(MBEDTLS_TARBALL) $(MBEDTLS_CONFIG) \
     $(if $(AEAD_DEFS),$(AEAD_SOURCES) $(DOWNLOADS)/$(SODIUM_TARBALL) $(DOWNLOADS)/$(NETTLE_TARBALL))
 	rm -rf $(MBEDTLS_DIR) && mkdir -p $(MBEDTLS_DIR)
-	tar xzf $< -C $(MBEDTLS_DIR) --strip-components=1
-	cp cross/mbedtls/config.h $(MBEDTLS_DIR)/include/mbedtls/config.h
+	tar xjf $< -C $(MBEDTLS_DIR) --strip-components=1
+	cp $(MBEDTLS_CONFIG) $(MBEDTLS_DIR)/include/mbedtls/mbedtls_config.h
 	$(MAKE) -s -C $(MBEDTLS_DIR)/library CC=$(TC)/usr/bin/clang AR=$(TC)/usr/bin/llvm-ar \
 	  CFLAGS="$(DEVICE_CFLAGS) $(AEAD_DEFS)" libmbedcrypto.a libmbedx509.a libmbedtls.a
 ifneq ($(AEAD_DEFS),)

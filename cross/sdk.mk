@@ -32,7 +32,7 @@ swift-sdk: deps-cross
 	rm -rf $(addprefix $(SDK_DIR)/,$(SDK_ARCHES))
 
 # Generated when missing or older than the generator or the mbedTLS configuration.
-$(SDK_BUNDLE)/$(SDK_NAME)/toolset.json: cross/make-swift-sdk cross/mbedtls/config.h
+$(SDK_BUNDLE)/$(SDK_NAME)/toolset.json: cross/make-swift-sdk $(MBEDTLS_CONFIG)
 	$(MAKE) --no-print-directory swift-sdk
 
 sdk-build: deps-cross $(SDK_BUNDLE)/$(SDK_NAME)/toolset.json

@@ -1,5 +1,6 @@
-// mbedTLS through one header. Debian 12 ships mbedTLS 2.28; the code must also build against 3.x,
-// so the few calls whose names or signatures changed between them are wrapped here.
+// mbedTLS through one header. Debian 12 ships mbedTLS 2.28 (the host build and LINK=dynamic); the
+// static device builds link a minimal 3.6 (cross/mbedtls/mbedtls_config.h). The few calls whose
+// names or signatures changed between them are wrapped here.
 #ifndef LOCALPROXY_CMBEDTLS_SHIM_H
 #define LOCALPROXY_CMBEDTLS_SHIM_H
 #include <stddef.h>
@@ -20,6 +21,32 @@
 #if MBEDTLS_VERSION_NUMBER < 0x03000000 && defined(MBEDTLS_AESNI_C)
 #include <mbedtls/aesni.h> /* public in 2.x only */
 #endif
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000 && (defined(MBEDTLS_PSA_CRYPTO_C) || defined(MBEDTLS_PSA_CRYPTO_CLIENT))
+#include <psa/crypto.h>
+#define LP_PSA_CRYPTO 1
+#endif
+
+/// Process-wide set-up before the first TLS configuration. mbedTLS 3.x runs TLS 1.3 (and, with
+/// MBEDTLS_USE_PSA_CRYPTO, all of its crypto) through the PSA API, whose psa_crypto_init() must
+/// come before any handshake; it may be called again (later calls do nothing). Returns 0, or a
+/// PSA status (negative). Nothing to do on 2.x, whose TLS does not use PSA.
+static inline int lp_tls_global_init(void) {
+#if defined(LP_PSA_CRYPTO)
+    psa_status_t status = psa_crypto_init();
+    return status == PSA_SUCCESS ? 0 : (int)status;
+#else
+    return 0;
+#endif
+}
+
+/// The protocol versions this mbedTLS offers, for messages: "TLS 1.2" or "TLS 1.2 and 1.3".
+static inline const char *lp_tls_offered_versions(void) {
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000 && defined(MBEDTLS_SSL_PROTO_TLS1_3)
+    return "TLS 1.2 and 1.3";
+#else
+    return "TLS 1.2";
+#endif
+}
 
 /// SHA-1 of `length` bytes into `digest` (20 bytes). Returns 0 on success.
 static inline int lp_sha1(const unsigned char *input, size_t length, unsigned char digest[20]) {
@@ -36,6 +63,34 @@ static inline void lp_ssl_conf_min_tls12(mbedtls_ssl_config *conf) {
     mbedtls_ssl_conf_min_version(conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
 #else
     mbedtls_ssl_conf_min_tls_version(conf, MBEDTLS_SSL_VERSION_TLS1_2);
+#endif
+}
+
+/// Puts the client's signature algorithms in an order that TLS 1.2 servers with RSA keys can use
+/// with mbedTLS 3.6.6: a client offering TLS 1.2 and 1.3 lists RSA-PSS (which TLS 1.3 needs)
+/// before PKCS#1 v1.5 by default, and a TLS 1.2 server that follows the client's order (OpenSSL
+/// does) then signs its key exchange in PSS, which 3.6.6's TLS 1.2 client rejects ("A field in a
+/// message was incorrect", a regression of 3.6.6 fixed upstream after it). With PKCS#1 v1.5
+/// first such a server picks it; a TLS 1.3 server cannot (TLS 1.3 signs RSA in PSS only) and
+/// takes PSS. Same algorithms as mbedTLS's default, in another order; mbedTLS leaves out those
+/// its build lacks. Client configurations only; nothing to do on 2.x or without TLS 1.3.
+static inline void lp_ssl_conf_client_sig_algs(mbedtls_ssl_config *conf) {
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000 && defined(MBEDTLS_SSL_PROTO_TLS1_2) && defined(MBEDTLS_SSL_PROTO_TLS1_3)
+    static const uint16_t algorithms[] = {
+        MBEDTLS_TLS1_3_SIG_ECDSA_SECP256R1_SHA256,
+        MBEDTLS_TLS1_3_SIG_ECDSA_SECP384R1_SHA384,
+        MBEDTLS_TLS1_3_SIG_ECDSA_SECP521R1_SHA512,
+        MBEDTLS_TLS1_3_SIG_RSA_PKCS1_SHA512,
+        MBEDTLS_TLS1_3_SIG_RSA_PKCS1_SHA384,
+        MBEDTLS_TLS1_3_SIG_RSA_PKCS1_SHA256,
+        MBEDTLS_TLS1_3_SIG_RSA_PSS_RSAE_SHA512,
+        MBEDTLS_TLS1_3_SIG_RSA_PSS_RSAE_SHA384,
+        MBEDTLS_TLS1_3_SIG_RSA_PSS_RSAE_SHA256,
+        MBEDTLS_TLS1_3_SIG_NONE,
+    };
+    mbedtls_ssl_conf_sig_algs(conf, algorithms);
+#else
+    (void)conf;
 #endif
 }
 

@@ -20,6 +20,9 @@ public final class TLSConfiguration {
         self.role = role
         self.verifiesPeer = verifiesPeer
         self.random = random
+        // Before anything else of mbedTLS 3.x's TLS: it needs the PSA crypto core (a no-op on 2.x).
+        let psaStatus = lp_tls_global_init()
+        if psaStatus != 0 { throw TLSError(psaStatus, "initialising the PSA crypto library") }
         config = .allocate(capacity: 1)
         trusted = .allocate(capacity: 1)
         ownCertificate = .allocate(capacity: 1)
@@ -33,6 +36,7 @@ public final class TLSConfiguration {
             MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT)
         if status != 0 { throw TLSError(status, "setting TLS defaults") }
         lp_ssl_conf_min_tls12(config)
+        if role == .client { lp_ssl_conf_client_sig_algs(config) }
         mbedtls_ssl_conf_rng(config, mbedtls_ctr_drbg_random, random.drbg)
         mbedtls_ssl_conf_authmode(config, verifiesPeer ? MBEDTLS_SSL_VERIFY_REQUIRED : MBEDTLS_SSL_VERIFY_NONE)
     }
@@ -195,13 +199,16 @@ public final class TLSEngine {
         }
         switch status {
         case Int32(LP_ERR_SSL_FATAL_ALERT_MESSAGE):
-            throw TLSError(status, "TLS handshake (the server ended it with an alert: most often it shares no TLS version, cipher suite or key-exchange group with this build, which offers TLS 1.2 with ECDHE and AES-GCM or ChaCha20-Poly1305)")
+            throw TLSError(status, "TLS handshake (the server ended it with an alert: most often it shares no TLS version, cipher suite or key-exchange group with this build, which offers \(offeredVersions) with ECDHE and AES-GCM or ChaCha20-Poly1305)")
         case Int32(LP_ERR_SSL_BAD_PROTOCOL_VERSION):
             throw TLSError(status, "TLS handshake (the server does not speak TLS 1.2 or newer)")
         default:
             throw TLSError(status, "TLS handshake")
         }
     }
+
+    /// "TLS 1.2", or "TLS 1.2 and 1.3" with mbedTLS 3.x built with TLS 1.3.
+    private var offeredVersions: String { text(of: lp_tls_offered_versions()) }
 
     private func verificationProblems() -> String {
         let flags = mbedtls_ssl_get_verify_result(ssl)
@@ -231,7 +238,14 @@ public final class TLSEngine {
     /// close_notify, returns 0 with `.done` and `receivedCloseNotify` is set.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(TLSError) -> (Int, TLSStatus) {
         guard !receivedCloseNotify else { return (0, .done) }
-        let status = mbedtls_ssl_read(ssl, buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count)
+        var status: Int32
+        repeat {
+            // A TLS 1.3 server may send session tickets at any time after the handshake. mbedTLS
+            // 3.x returns "received a new session ticket" when it took one in (only when built
+            // with tickets and told to report them): nothing to do but read on, since data
+            // may already wait behind the ticket with no more bytes to come from the socket.
+            status = mbedtls_ssl_read(ssl, buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count)
+        } while status == Int32(LP_ERR_SSL_NEW_SESSION_TICKET)
         if status > 0 { return (Int(status), .done) }
         if isWant(status) { return (0, .wantIO) }
         if status == Int32(LP_ERR_SSL_PEER_CLOSE_NOTIFY) || status == 0 {

@@ -10,9 +10,9 @@ Three pieces, used by test_tls_interop.py:
 * `ProxyRun` runs `localproxy` with its stderr collected line by line, so that tests wait for a
   log line or an exit rather than sleeping.
 
-It also classifies a `localproxy` binary by the mbedTLS it uses (`tls_profile`), because the
-Embedded static builds link a minimal mbedTLS (cross/mbedtls/config.h) that offers less than
-Debian's shared library.
+It also classifies a `localproxy` binary by the mbedTLS it uses (`describe_binary`), because
+the Embedded static builds link a minimal mbedTLS 3.6 (cross/mbedtls/mbedtls_config.h) that
+offers less than Debian's shared library, and TLS 1.3, which Debian 12's 2.28 does not.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ class SServer:
     """
 
     def __init__(self, cert: Path, key: Path, *, chain: Path | None = None, cipher: str | None = None,
-                 groups: str | None = None, protocol: str = "-tls1_2", extra: tuple[str, ...] = ()):
+                 groups: str | None = None, protocol: str | None = "-tls1_2", extra: tuple[str, ...] = ()):
         self.options = ["-cert", str(cert), "-key", str(key)]
         if chain:
             self.options += ["-cert_chain", str(chain)]
@@ -259,7 +259,8 @@ class SServer:
             self.options += ["-cipher", cipher]
         if groups:
             self.options += ["-groups", groups]
-        self.options += [protocol, "-www", *extra]
+        # protocol None: every version this OpenSSL speaks (TLS 1.2 and 1.3 at its defaults).
+        self.options += [*([protocol] if protocol else []), "-www", *extra]
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -375,8 +376,12 @@ class BinaryInfo:
     emulated: bool
     # "debian": linked against Debian's libmbedtls shared library (every feature Debian
     # enables); "minimal": mbedTLS linked in, which the Makefile only ever does with
-    # cross/mbedtls/config.h.
+    # cross/mbedtls/mbedtls_config.h.
     mbedtls: str
+    # Whether that mbedTLS offers TLS 1.3: it knows the TLS 1.3 suites by name (mbedTLS 3.x
+    # built with MBEDTLS_SSL_PROTO_TLS1_3; never 2.28, whose TLS 1.3 was a prototype Debian 12
+    # leaves out).
+    tls13: bool
     text: bytes
 
     def contains(self, needle: str) -> bool:
@@ -389,11 +394,12 @@ def describe_binary(path: str) -> BinaryInfo:
     with open(binary, "rb") as f:
         head = f.read(4)
     if head[:2] == b"#!":
-        # The qemu wrapper execs .build-embedded/<LP_CROSS_ARCH>-static/localproxy.
+        # The qemu wrapper execs .build-embedded/<LP_CROSS_ARCH>-<LP_CROSS_LINK>/localproxy.
         if binary.name != "qemu-localproxy":
             raise AssertionError(f"{binary} is a script, and the only script these tests know is scripts/qemu-localproxy")
         arch = os.environ.get("LP_CROSS_ARCH", "aarch64")
-        binary = binary.resolve().parent.parent / ".build-embedded" / f"{arch}-static" / "localproxy"
+        link = os.environ.get("LP_CROSS_LINK", "static")
+        binary = binary.resolve().parent.parent / ".build-embedded" / f"{arch}-{link}" / "localproxy"
     data = binary.read_bytes()
     if data[:4] != b"\x7fELF":
         raise AssertionError(f"{binary} is not an ELF file")
@@ -403,4 +409,24 @@ def describe_binary(path: str) -> BinaryInfo:
     emulated = arch != host and not (arch == "armv7" and host.startswith("arm"))
     # A dynamically linked mbedTLS leaves its soname in the dynamic string table.
     mbedtls = os.environ.get("LP_TLS_PROFILE") or ("debian" if b"libmbedtls.so" in data else "minimal")
-    return BinaryInfo(binary, arch, emulated, mbedtls, data)
+    if "LP_TLS13" in os.environ:
+        tls13 = os.environ["LP_TLS13"] == "1"
+    else:
+        tls13 = TLS13_SUITE_NAME in data or any(TLS13_SUITE_NAME in lib.read_bytes() for lib in _shared_mbedtls(data))
+    return BinaryInfo(binary, arch, emulated, mbedtls, tls13, data)
+
+
+# mbedTLS's name of a TLS 1.3 suite: in its suite table only when TLS 1.3 is built.
+TLS13_SUITE_NAME = b"TLS1-3-AES-128-GCM-SHA256"
+
+
+def _shared_mbedtls(data: bytes) -> list[Path]:
+    """The libmbedtls shared library an ELF names (DT_NEEDED), as found in the usual places."""
+    found = []
+    for soname in sorted(set(re.findall(rb"libmbedtls\.so\.[0-9.]+", data))):
+        for directory in ("/usr/lib", "/lib", *(str(p) for p in Path("/usr/lib").glob("*-linux-gnu*"))):
+            candidate = Path(directory) / soname.decode()
+            if candidate.is_file():
+                found.append(candidate)
+                break
+    return found

@@ -158,12 +158,14 @@ def make_certs(directory: Path) -> CertBundle:
 
 
 def server_ssl_context(cert: Path, key: Path, ciphers: str | None = None) -> ssl.SSLContext:
-    """`ciphers` (OpenSSL's names) pins the TLS 1.2 suites the service accepts."""
+    """`ciphers` (OpenSSL's names) pins the TLS 1.2 suites the service accepts, and with them
+    TLS 1.2 itself (Python's ssl module cannot choose TLS 1.3 suites)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # The service accepts TLS 1.2 and later; the proxy is meant to refuse anything older.
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
     if ciphers is not None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
         context.set_ciphers(ciphers)
     return context
 

@@ -17,6 +17,9 @@
  *   listening PORT | connected ROLE CIPHER VERSION | paired | closed ROLE WHY | refused WHY
  *
  * Usage: wsrelay --cert FILE --key FILE [--port N] [--service NAME]... [--ciphers LIST]
+ *                [--ciphersuites LIST] [--tls1_3]
+ * --ciphers limits the TLS 1.2 suites and --ciphersuites the TLS 1.3 ones (OpenSSL's names, as
+ * openssl s_server takes them); --tls1_3 refuses anything older than TLS 1.3.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -496,24 +499,31 @@ static void accept_one(int listener) {
 
 static void usage(const char *why) {
     fprintf(stderr, "wsrelay: %s\nusage: wsrelay --cert FILE --key FILE [--port N] [--service NAME]... "
-                    "[--ciphers OPENSSL-TLS1.2-LIST]\n", why);
+                    "[--ciphers OPENSSL-TLS1.2-LIST] [--ciphersuites OPENSSL-TLS1.3-LIST] [--tls1_3]\n", why);
     exit(2);
 }
 
 int main(int argc, char **argv) {
-    const char *cert = NULL, *key = NULL, *ciphers = NULL;
+    const char *cert = NULL, *key = NULL, *ciphers = NULL, *ciphersuites = NULL;
+    int tls13_only = 0;
     const char *services[3];
     int nservices = 0;
     long port = 0;
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--tls1_3")) {
+            tls13_only = 1;
+            continue;
+        }
         if (i + 1 >= argc)
-            usage("every option takes a value");
+            usage("every option but --tls1_3 takes a value");
         if (!strcmp(argv[i], "--cert"))
             cert = argv[++i];
         else if (!strcmp(argv[i], "--key"))
             key = argv[++i];
         else if (!strcmp(argv[i], "--ciphers"))
             ciphers = argv[++i];
+        else if (!strcmp(argv[i], "--ciphersuites"))
+            ciphersuites = argv[++i];
         else if (!strcmp(argv[i], "--port")) {
             char *end;
             port = strtol(argv[++i], &end, 10);
@@ -556,13 +566,15 @@ int main(int argc, char **argv) {
     context = SSL_CTX_new(TLS_server_method());
     if (!context)
         die("SSL_CTX_new failed");
-    SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION);
+    SSL_CTX_set_min_proto_version(context, tls13_only ? TLS1_3_VERSION : TLS1_2_VERSION);
     if (SSL_CTX_use_certificate_chain_file(context, cert) != 1)
         die("cannot load --cert (a PEM certificate chain)");
     if (SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) != 1)
         die("cannot load --key (a PEM private key matching --cert)");
     if (ciphers && SSL_CTX_set_cipher_list(context, ciphers) != 1)
         die("--ciphers: OpenSSL accepts none of these TLS 1.2 suites");
+    if (ciphersuites && SSL_CTX_set_ciphersuites(context, ciphersuites) != 1)
+        die("--ciphersuites: OpenSSL accepts none of these TLS 1.3 suites");
     /* The client's preference decides, as a service that imposes none would. */
     SSL_CTX_clear_options(context, SSL_OP_CIPHER_SERVER_PREFERENCE);
 
