@@ -130,26 +130,35 @@ int lp_aead_gcm_fast(void);
 #endif
 
 /// Offers the AES-GCM suites (AES-128 first) before ChaCha20-Poly1305 when `aes_first`, else
-/// ChaCha20-Poly1305 first; every other suite the library has follows in its own order. The
-/// list lives as long as the program (mbedTLS keeps a pointer to it).
+/// ChaCha20-Poly1305 first, in TLS 1.3 (3.x builds that have it) and in TLS 1.2; every other
+/// suite the library has follows in its own order. The list lives as long as the program
+/// (mbedTLS keeps a pointer to it).
 static inline void lp_ssl_conf_cipher_order(mbedtls_ssl_config *conf, int aes_first) {
     static int list[256];
     const int aes[] = {
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
+        MBEDTLS_TLS1_3_AES_128_GCM_SHA256, MBEDTLS_TLS1_3_AES_256_GCM_SHA384,
+#endif
         MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
         MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
     };
     const int chacha[] = {
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
+        MBEDTLS_TLS1_3_CHACHA20_POLY1305_SHA256,
+#endif
         MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
     };
+    const size_t aes_count = sizeof(aes) / sizeof(aes[0]), chacha_count = sizeof(chacha) / sizeof(chacha[0]);
     size_t n = 0;
     const int *first = aes_first ? aes : chacha, *second = aes_first ? chacha : aes;
-    size_t first_count = aes_first ? 4 : 2, second_count = aes_first ? 2 : 4;
+    size_t first_count = aes_first ? aes_count : chacha_count, second_count = aes_first ? chacha_count : aes_count;
     for (size_t i = 0; i < first_count; i++) list[n++] = first[i];
     for (size_t i = 0; i < second_count; i++) list[n++] = second[i];
+    const size_t preferred = n;
     const int *all = mbedtls_ssl_list_ciphersuites();
     for (size_t i = 0; all[i] != 0 && n + 1 < sizeof(list) / sizeof(list[0]); i++) {
         int seen = 0;
-        for (size_t k = 0; k < 6 && !seen; k++) seen = list[k] == all[i];
+        for (size_t k = 0; k < preferred && !seen; k++) seen = list[k] == all[i];
         if (!seen) list[n++] = all[i];
     }
     list[n] = 0;

@@ -322,6 +322,17 @@ def test_cheapest_suite_first_when_the_server_lets_the_client_choose(localproxy,
     assert expected in negotiated, f"negotiated {negotiated}, expected {expected} first"
 
 
+def test_cheapest_tls13_suite_first(localproxy, binary, tls13, pki, wait):
+    """The same order in TLS 1.3, where s_server also takes the client's order by default."""
+    leaf = server_cert(pki, "p256")
+    expected = cheapest_suite_first(localproxy)
+    suites = ":".join(TLS13_SUITES)
+    with SServer(leaf.cert, leaf.key, groups=ALL_GROUPS, protocol="-tls1_3", extra=("-ciphersuites", suites)) as server:
+        version, negotiated = expect_established(localproxy, server, leaf.issuer.cert, wait)
+    assert version == "TLSv1.3"
+    assert expected in negotiated, f"negotiated {negotiated}, expected {expected} first"
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_group(localproxy, pki, wait, group):
     # With one group allowed, s_server can only complete an ECDHE handshake in that group.
@@ -559,17 +570,18 @@ def test_tls13_group(localproxy, tls13, pki, wait, group):
     assert (version, negotiated) == ("TLSv1.3", TLS13_SUITES[suite])
 
 
-def test_newest_version_and_chacha20_poly1305_when_the_server_lets_the_client_choose(localproxy, binary, pki, wait):
+def test_newest_version_and_cheapest_suite_when_the_server_lets_the_client_choose(localproxy, binary, pki, wait):
     """A server with TLS 1.2 and 1.3 and its default suites: the client's newest version, and
-    its first suite, ChaCha20-Poly1305 (see test_chacha20_poly1305_first_...). This one also
-    runs for builds without TLS 1.3, which must then get TLS 1.2."""
+    its first suite, the cheapest here (see test_cheapest_suite_first_...). This one also runs
+    for builds without TLS 1.3, which must then get TLS 1.2."""
     leaf = server_cert(pki, "p256")
+    expected = cheapest_suite_first(localproxy)
     with SServer(leaf.cert, leaf.key, groups=ALL_GROUPS, protocol=None) as server:
         version, negotiated = expect_established(localproxy, server, leaf.issuer.cert, wait)
     if binary.tls13:
-        assert (version, negotiated) == ("TLSv1.3", TLS13_SUITES["TLS_CHACHA20_POLY1305_SHA256"])
+        assert version == "TLSv1.3" and expected in negotiated, (version, negotiated, expected)
     else:
-        assert version == "TLSv1.2" and "CHACHA20-POLY1305" in negotiated, (version, negotiated)
+        assert version == "TLSv1.2" and expected in negotiated, (version, negotiated, expected)
 
 
 def wsrelay_tool() -> str:

@@ -19,6 +19,12 @@
 typedef struct mbedtls_gcm_context {
     /* 128 or 256 while `fast` holds a key schedule; 0 otherwise. */
     unsigned fast_key_bits;
+    /* mbedTLS's context is keyed only when a call needs it (PSA, which runs TLS 1.3, sets a
+     * new context up for every record): until then the key waits here. */
+    int portable_keyed;
+    int cipher;
+    unsigned key_bits;
+    unsigned char key[32];
     union {
         unsigned char bytes[LP_FAST_GCM_SIZE];
         uint64_t align;

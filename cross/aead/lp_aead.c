@@ -303,66 +303,92 @@ void mbedtls_gcm_free(mbedtls_gcm_context *ctx)
         return;
     }
     lp_portable_gcm_free(PORTABLE_GCM(ctx));
-    mbedtls_platform_zeroize(ctx->fast.bytes, sizeof(ctx->fast.bytes));
-    ctx->fast_key_bits = 0;
+    mbedtls_platform_zeroize(ctx, sizeof(*ctx));
+}
+
+/* mbedTLS's own context, keyed on first use. Returns 0 or mbedTLS's error. */
+static int portable_gcm(mbedtls_gcm_context *ctx, lp_portable_gcm_context **portable)
+{
+    *portable = PORTABLE_GCM(ctx);
+    if (ctx->portable_keyed) {
+        return 0;
+    }
+    int ret = lp_portable_gcm_setkey(*portable, (mbedtls_cipher_id_t) ctx->cipher, ctx->key, ctx->key_bits);
+    ctx->portable_keyed = ret == 0;
+    return ret;
 }
 
 int mbedtls_gcm_setkey(mbedtls_gcm_context *ctx, mbedtls_cipher_id_t cipher, const unsigned char *key,
                        unsigned int keybits)
 {
-    int ret = lp_portable_gcm_setkey(PORTABLE_GCM(ctx), cipher, key, keybits);
     mbedtls_platform_zeroize(ctx->fast.bytes, sizeof(ctx->fast.bytes));
+    mbedtls_platform_zeroize(ctx->key, sizeof(ctx->key));
     ctx->fast_key_bits = 0;
-    if (ret != 0 || cipher != MBEDTLS_CIPHER_ID_AES || !gcm_use_fast()) {
+    ctx->portable_keyed = 0;
+    int fast = cipher == MBEDTLS_CIPHER_ID_AES && (keybits == 128 || keybits == 256) && gcm_use_fast();
+    if (!fast) {
+        /* mbedTLS keys its context now, and answers for keys and ciphers it refuses. */
+        int ret = lp_portable_gcm_setkey(PORTABLE_GCM(ctx), cipher, key, keybits);
+        ctx->portable_keyed = ret == 0;
         return ret;
     }
+    memcpy(ctx->key, key, keybits / 8);
+    ctx->cipher = (int) cipher;
+    ctx->key_bits = keybits;
     if (keybits == 128) {
         nettle_gcm_aes128_set_key(FAST_GCM128(ctx), key);
-        ctx->fast_key_bits = 128;
-    } else if (keybits == 256) {
+    } else {
         nettle_gcm_aes256_set_key(FAST_GCM256(ctx), key);
-        ctx->fast_key_bits = 256;
     }
+    ctx->fast_key_bits = keybits;
     return 0;
 }
 
 #if MBEDTLS_VERSION_NUMBER >= 0x03000000
+/* The streaming calls: always mbedTLS's code (the portable context's state lives across them). */
+#define WITH_PORTABLE_GCM(ctx, call)                                   \
+    do {                                                               \
+        lp_portable_gcm_context *portable;                             \
+        int keyed = portable_gcm((ctx), &portable);                    \
+        return keyed != 0 ? keyed : (call);                            \
+    } while (0)
+
 int mbedtls_gcm_starts(mbedtls_gcm_context *ctx, int mode, const unsigned char *iv, size_t iv_len)
 {
-    return lp_portable_gcm_starts(PORTABLE_GCM(ctx), mode, iv, iv_len);
+    WITH_PORTABLE_GCM(ctx, lp_portable_gcm_starts(portable, mode, iv, iv_len));
 }
 
 int mbedtls_gcm_update_ad(mbedtls_gcm_context *ctx, const unsigned char *add, size_t add_len)
 {
-    return lp_portable_gcm_update_ad(PORTABLE_GCM(ctx), add, add_len);
+    WITH_PORTABLE_GCM(ctx, lp_portable_gcm_update_ad(portable, add, add_len));
 }
 
 int mbedtls_gcm_update(mbedtls_gcm_context *ctx, const unsigned char *input, size_t input_length,
                        unsigned char *output, size_t output_size, size_t *output_length)
 {
-    return lp_portable_gcm_update(PORTABLE_GCM(ctx), input, input_length, output, output_size, output_length);
+    WITH_PORTABLE_GCM(ctx, lp_portable_gcm_update(portable, input, input_length, output, output_size, output_length));
 }
 
 int mbedtls_gcm_finish(mbedtls_gcm_context *ctx, unsigned char *output, size_t output_size,
                        size_t *output_length, unsigned char *tag, size_t tag_len)
 {
-    return lp_portable_gcm_finish(PORTABLE_GCM(ctx), output, output_size, output_length, tag, tag_len);
+    WITH_PORTABLE_GCM(ctx, lp_portable_gcm_finish(portable, output, output_size, output_length, tag, tag_len));
 }
 #else
 int mbedtls_gcm_starts(mbedtls_gcm_context *ctx, int mode, const unsigned char *iv, size_t iv_len,
                        const unsigned char *add, size_t add_len)
 {
-    return lp_portable_gcm_starts(PORTABLE_GCM(ctx), mode, iv, iv_len, add, add_len);
+    WITH_PORTABLE_GCM(ctx, lp_portable_gcm_starts(portable, mode, iv, iv_len, add, add_len));
 }
 
 int mbedtls_gcm_update(mbedtls_gcm_context *ctx, size_t length, const unsigned char *input, unsigned char *output)
 {
-    return lp_portable_gcm_update(PORTABLE_GCM(ctx), length, input, output);
+    WITH_PORTABLE_GCM(ctx, lp_portable_gcm_update(portable, length, input, output));
 }
 
 int mbedtls_gcm_finish(mbedtls_gcm_context *ctx, unsigned char *tag, size_t tag_len)
 {
-    return lp_portable_gcm_finish(PORTABLE_GCM(ctx), tag, tag_len);
+    WITH_PORTABLE_GCM(ctx, lp_portable_gcm_finish(portable, tag, tag_len));
 }
 #endif
 
@@ -400,8 +426,8 @@ int mbedtls_gcm_crypt_and_tag(mbedtls_gcm_context *ctx, int mode, size_t length,
                               unsigned char *tag)
 {
     if (!gcm_fast_call(ctx, iv_len, tag_len)) {
-        return lp_portable_gcm_crypt_and_tag(PORTABLE_GCM(ctx), mode, length, iv, iv_len, add, add_len,
-                                             input, output, tag_len, tag);
+        WITH_PORTABLE_GCM(ctx, lp_portable_gcm_crypt_and_tag(portable, mode, length, iv, iv_len, add, add_len,
+                                                             input, output, tag_len, tag));
     }
     gcm_fast_start(ctx, iv, add, add_len);
     /* Nettle allows output == input (in place), as mbedTLS does. */
@@ -427,8 +453,8 @@ int mbedtls_gcm_auth_decrypt(mbedtls_gcm_context *ctx, size_t length, const unsi
                              const unsigned char *input, unsigned char *output)
 {
     if (!gcm_fast_call(ctx, iv_len, tag_len)) {
-        return lp_portable_gcm_auth_decrypt(PORTABLE_GCM(ctx), length, iv, iv_len, add, add_len, tag, tag_len,
-                                            input, output);
+        WITH_PORTABLE_GCM(ctx, lp_portable_gcm_auth_decrypt(portable, length, iv, iv_len, add, add_len, tag, tag_len,
+                                                            input, output));
     }
     unsigned char expected[16];
     mbedtls_gcm_crypt_and_tag(ctx, MBEDTLS_GCM_DECRYPT, length, iv, iv_len, add, add_len, input, output,
