@@ -183,7 +183,10 @@ enum {
 #if MBEDTLS_VERSION_NUMBER >= 0x03000000 && defined(MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET)
     LP_ERR_SSL_NEW_SESSION_TICKET = MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET,
 #else
-    LP_ERR_SSL_NEW_SESSION_TICKET = 1, /* never returned by 2.x (errors are negative) */
+    /* 2.x never reports tickets. The stand-in must be a value mbedtls_ssl_read can never
+     * return: positive values are byte counts (1 was, and a 1-byte record was read past and
+     * lost), and mbedTLS's errors all lie within -0x0001...-0x7FFF. */
+    LP_ERR_SSL_NEW_SESSION_TICKET = -0x10000,
 #endif
 };
 /// An IP-literal endpoint, for matching the certificate's iPAddress subjectAltName entries
