@@ -1,7 +1,7 @@
 /*
  * localproxy: mbedTLS's own ChaCha20-Poly1305, compiled a second time under other names, as the
  * fallback of the accelerated AEAD (cross/aead/lp_aead.c). Built with LP_PORTABLE_AEAD defined,
- * which keeps MBEDTLS_CHACHAPOLY_ALT off in cross/mbedtls/config.h for this file only, and with
+ * which keeps MBEDTLS_CHACHAPOLY_ALT off in cross/mbedtls/mbedtls_config.h for this file only, and with
  * the mbedTLS source's library/ directory on the include path.
  */
 #define LP_PORTABLE_AEAD 1

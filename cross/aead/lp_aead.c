@@ -4,8 +4,9 @@
  * everywhere else. Which library serves which AEAD is chosen per architecture by the Makefile:
  *
  *   LP_AEAD_CHACHAPOLY_SODIUM  ChaCha20-Poly1305 from libsodium (x86_64: AVX2 or SSSE3)
+ *   LP_AEAD_CHACHAPOLY_NETTLE  ChaCha20-Poly1305 from Nettle (aarch64: ASIMD ChaCha20)
  *   LP_AEAD_GCM_NETTLE         AES-128-GCM and AES-256-GCM from Nettle (x86_64: AES-NI and
- *                              PCLMULQDQ)
+ *                              PCLMULQDQ; aarch64: the ARMv8 AES and PMULL instructions)
  *
  * The TLS record layer seals and opens each record with one call, in place
  * (mbedtls_*_encrypt_and_tag / crypt_and_tag, mbedtls_*_auth_decrypt): those go to the fast
@@ -23,13 +24,24 @@
 #include "common.h"
 #include "mbedtls/platform_util.h"
 
-#if defined(LP_AEAD_CHACHAPOLY_SODIUM)
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM) && defined(LP_AEAD_CHACHAPOLY_NETTLE)
+#error "one ChaCha20-Poly1305 library at a time"
+#endif
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM) || defined(LP_AEAD_CHACHAPOLY_NETTLE)
+#define LP_AEAD_CHACHAPOLY 1
 #include "mbedtls/chachapoly.h"
+#if !defined(MBEDTLS_CHACHAPOLY_ALT)
+#error "LP_AEAD_CHACHAPOLY_* needs MBEDTLS_CHACHAPOLY_ALT in the mbedTLS configuration"
+#endif
+#endif
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM)
 #include "sodium/crypto_aead_chacha20poly1305.h"
 #include "sodium/runtime.h"
-#if !defined(MBEDTLS_CHACHAPOLY_ALT)
-#error "LP_AEAD_CHACHAPOLY_SODIUM needs MBEDTLS_CHACHAPOLY_ALT in the mbedTLS configuration"
 #endif
+#if defined(LP_AEAD_CHACHAPOLY_NETTLE)
+#include "nettle/chacha-poly1305.h"
+#include "nettle/memops.h"
+#include <sys/auxv.h>
 #endif
 
 #if defined(LP_AEAD_GCM_NETTLE)
@@ -53,8 +65,9 @@ static int forced_portable(void)
 /* ------------------------------------------------------------------------------------------ */
 /* ChaCha20-Poly1305 */
 
-#if defined(LP_AEAD_CHACHAPOLY_SODIUM)
+#if defined(LP_AEAD_CHACHAPOLY)
 
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM)
 /* libsodium's CPU detection and implementation choice, normally run by sodium_init(), which
  * would also set up every other primitive and the random generator. */
 int _sodium_runtime_get_cpu_features(void);
@@ -68,6 +81,7 @@ void sodium_misuse(void)
 {
     abort();
 }
+#endif
 
 typedef struct lp_portable_chachapoly_context lp_portable_chachapoly_context;
 void lp_portable_chachapoly_init(lp_portable_chachapoly_context *ctx);
@@ -91,7 +105,7 @@ int lp_portable_chachapoly_auth_decrypt(lp_portable_chachapoly_context *ctx, siz
 
 #define PORTABLE_CHACHAPOLY(ctx) ((lp_portable_chachapoly_context *) (void *) (ctx)->portable.bytes)
 
-/* -1: not chosen yet; 0: portable; 1: libsodium. */
+/* -1: not chosen yet; 0: portable; 1: the library's code. */
 static int chachapoly_fast = -1;
 static const char *chachapoly_text = "mbedTLS portable C";
 
@@ -105,6 +119,18 @@ static int chachapoly_use_fast(void)
         chachapoly_text = FORCED_TEXT;
         return chachapoly_fast;
     }
+#if defined(LP_AEAD_CHACHAPOLY_NETTLE)
+    /* Nettle's arm64 ChaCha20 is Advanced SIMD code, compiled in unconditionally (build-nettle.sh);
+     * every AArch64 Linux CPU has Advanced SIMD, but the kernel says so (HWCAP_ASIMD, bit 1). */
+    if ((getauxval(AT_HWCAP) & (1UL << 1)) != 0) {
+        chachapoly_fast = 1;
+        chachapoly_text = "Nettle 3.8.1 (ChaCha20 Advanced SIMD, Poly1305 C)";
+    } else {
+        chachapoly_fast = 0;
+        chachapoly_text = "mbedTLS portable C (no Advanced SIMD on this CPU)";
+    }
+    return chachapoly_fast;
+#else
     _sodium_runtime_get_cpu_features();
     _crypto_stream_chacha20_pick_best_implementation();
     _crypto_onetimeauth_poly1305_pick_best_implementation();
@@ -120,6 +146,7 @@ static int chachapoly_use_fast(void)
         chachapoly_text = "mbedTLS portable C (no SSSE3 on this CPU)";
     }
     return chachapoly_fast;
+#endif
 }
 
 const char *lp_aead_chachapoly_backend(void)
@@ -180,11 +207,23 @@ int mbedtls_chachapoly_encrypt_and_tag(mbedtls_chachapoly_context *ctx, size_t l
         return lp_portable_chachapoly_encrypt_and_tag(PORTABLE_CHACHAPOLY(ctx), length, nonce, aad, aad_len,
                                                       input, output, tag);
     }
+#if defined(LP_AEAD_CHACHAPOLY_NETTLE)
+    /* Nettle allows output == input (in place), as mbedTLS does. Its key set-up only copies
+     * the key, so a context on the stack per record costs nothing measurable. */
+    struct chacha_poly1305_ctx nettle;
+    nettle_chacha_poly1305_set_key(&nettle, ctx->key);
+    nettle_chacha_poly1305_set_nonce(&nettle, nonce);
+    nettle_chacha_poly1305_update(&nettle, aad_len, aad);
+    nettle_chacha_poly1305_encrypt(&nettle, length, output, input);
+    nettle_chacha_poly1305_digest(&nettle, 16, tag);
+    mbedtls_platform_zeroize(&nettle, sizeof(nettle));
+#else
     /* libsodium allows input == output (in place), as mbedTLS does. */
     if (crypto_aead_chacha20poly1305_ietf_encrypt_detached(output, tag, NULL, input, length, aad, aad_len,
                                                            NULL, nonce, ctx->key) != 0) {
         return MBEDTLS_ERR_CHACHAPOLY_BAD_STATE;
     }
+#endif
     return 0;
 }
 
@@ -196,9 +235,25 @@ int mbedtls_chachapoly_auth_decrypt(mbedtls_chachapoly_context *ctx, size_t leng
         return lp_portable_chachapoly_auth_decrypt(PORTABLE_CHACHAPOLY(ctx), length, nonce, aad, aad_len, tag,
                                                    input, output);
     }
+#if defined(LP_AEAD_CHACHAPOLY_NETTLE)
+    /* Nettle authenticates the ciphertext as it decrypts (in place allowed); the tag is
+     * compared in constant time afterwards. */
+    struct chacha_poly1305_ctx nettle;
+    unsigned char expected[16];
+    nettle_chacha_poly1305_set_key(&nettle, ctx->key);
+    nettle_chacha_poly1305_set_nonce(&nettle, nonce);
+    nettle_chacha_poly1305_update(&nettle, aad_len, aad);
+    nettle_chacha_poly1305_decrypt(&nettle, length, output, input);
+    nettle_chacha_poly1305_digest(&nettle, 16, expected);
+    int refused = !nettle_memeql_sec(expected, tag, 16);
+    mbedtls_platform_zeroize(&nettle, sizeof(nettle));
+    mbedtls_platform_zeroize(expected, sizeof(expected));
+#else
     /* libsodium checks the tag before decrypting anything. */
-    if (crypto_aead_chacha20poly1305_ietf_decrypt_detached(output, NULL, input, length, tag, aad, aad_len,
-                                                           nonce, ctx->key) != 0) {
+    int refused = crypto_aead_chacha20poly1305_ietf_decrypt_detached(output, NULL, input, length, tag, aad,
+                                                                     aad_len, nonce, ctx->key) != 0;
+#endif
+    if (refused) {
         /* As mbedTLS does: nothing of an unauthenticated message is left in the output. */
         mbedtls_platform_zeroize(output, length);
         return MBEDTLS_ERR_CHACHAPOLY_AUTH_FAILED;
@@ -213,7 +268,7 @@ const char *lp_aead_chachapoly_backend(void)
     return "mbedTLS portable C";
 }
 
-#endif /* LP_AEAD_CHACHAPOLY_SODIUM */
+#endif /* LP_AEAD_CHACHAPOLY */
 
 /* ------------------------------------------------------------------------------------------ */
 /* AES-GCM */
@@ -256,6 +311,28 @@ _Static_assert(_Alignof(struct gcm_aes256_ctx) <= _Alignof(uint64_t), "Nettle's 
 #define FAST_GCM128(ctx) ((struct gcm_aes128_ctx *) (void *) (ctx)->fast.bytes)
 #define FAST_GCM256(ctx) ((struct gcm_aes256_ctx *) (void *) (ctx)->fast.bytes)
 
+/* The CPU check for the instructions Nettle was built with. */
+#if defined(__x86_64__)
+#define GCM_FAST_INSTRUCTIONS "AES-NI, PCLMULQDQ"
+static int cpu_has_aes_and_clmul(void)
+{
+    return __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul");
+}
+#elif defined(__aarch64__)
+#include <sys/auxv.h>
+/* Linux's arm64 hwcap bits (asm/hwcap.h), stable ABI. */
+#define LP_HWCAP_AES (1UL << 3)
+#define LP_HWCAP_PMULL (1UL << 4)
+#define GCM_FAST_INSTRUCTIONS "ARMv8 AES, PMULL"
+static int cpu_has_aes_and_clmul(void)
+{
+    unsigned long hwcap = getauxval(AT_HWCAP);
+    return (hwcap & LP_HWCAP_AES) != 0 && (hwcap & LP_HWCAP_PMULL) != 0;
+}
+#else
+#error "LP_AEAD_GCM_NETTLE: no CPU check for this architecture"
+#endif
+
 static int gcm_fast = -1;
 static const char *gcm_text = "mbedTLS portable C";
 
@@ -267,15 +344,15 @@ static int gcm_use_fast(void)
     if (forced_portable()) {
         gcm_fast = 0;
         gcm_text = FORCED_TEXT;
-    } else if (__builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul")) {
-        /* Nettle is built with its AES-NI and PCLMULQDQ code (build-nettle.sh), which only
-         * this check keeps from running on a CPU without them. */
+    } else if (cpu_has_aes_and_clmul()) {
+        /* Nettle is built with the AES and carry-less multiplication code of this architecture
+         * (build-nettle.sh), which only this check keeps from running on a CPU without it. */
         gcm_fast = 1;
-        gcm_text = "Nettle 3.8.1 (AES-NI, PCLMULQDQ GHASH)";
+        gcm_text = "Nettle 3.8.1 (" GCM_FAST_INSTRUCTIONS " GHASH)";
     } else {
         /* Without the instructions Nettle's AES is table-driven C, as mbedTLS's is. */
         gcm_fast = 0;
-        gcm_text = "mbedTLS portable C (no AES-NI and PCLMULQDQ on this CPU)";
+        gcm_text = "mbedTLS portable C (no " GCM_FAST_INSTRUCTIONS " on this CPU)";
     }
     return gcm_fast;
 }
