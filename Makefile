@@ -342,8 +342,10 @@ test-cross: cross venv bench-tools
 	  || { echo "aarch64 aead-selftest on cortex-a53: expected Nettle's AES-GCM and ChaCha20:"; echo "$$out"; exit 1; }
 	for arch in aarch64 armv7; do \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_destination.py -k "$(CROSS_TESTS)" || exit 1; \
-	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_tls_interop.py $(PEERS)/test_record_ciphers.py || exit 1; \
+	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_tls_interop.py || exit 1; \
 	done
+	@# The checksummed record-cipher transfers on the ARM build with an accelerated AEAD, both paths.
+	LP_CROSS_ARCH=aarch64 $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_record_ciphers.py
 	LP_CROSS_ARCH=armv7 LP_CROSS_LINK=fullstatic $(CROSS_ENV) \
 	  $(VENV)/bin/pytest -q $(PEERS)/test_dns_resolver.py $(PEERS)/test_destination.py -k "dns or $(CROSS_TESTS)"
 	@# The throughput harness with an emulated ARM build as both proxies (its figures are
