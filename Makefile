@@ -81,18 +81,16 @@ SODIUM_SHA256   := d59323c6b712a1519a5daf710b68f5e7fde57040845ffec53850911f10a5d
 NETTLE_TARBALL  := nettle_3.8.1.orig.tar.gz
 NETTLE_SHA256   := 364f3e2b77cd7dcde83fd7c45219c834e54b0c75e428b6f894a23d12dd41cbfe
 AEAD_SOURCES    := $(wildcard cross/aead/*.c cross/aead/*.h cross/aead/*.sh)
-# AEAD_LIBS: the libraries built for it; AEAD_GLUE: the files of cross/aead compiled with them.
+# AEAD_LIBS: the libraries built for the architecture.
 ifeq ($(ARCH),x86_64)
   AEAD_DEFS     := -DLP_AEAD -DLP_AEAD_CHACHAPOLY_SODIUM -DLP_AEAD_GCM_NETTLE -I$(CURDIR)/cross/aead
   AEAD_SWIFT_DEFS := -D LP_AEAD
   AEAD_LIBS     := sodium nettle
-  AEAD_GLUE     := chachapoly_portable gcm_portable lp_aead
   NETTLE_OPTIONS := --disable-fat --enable-x86-aesni --enable-x86-pclmul
 else ifeq ($(ARCH),aarch64)
   AEAD_DEFS     := -DLP_AEAD -DLP_AEAD_CHACHAPOLY_NETTLE -DLP_AEAD_GCM_NETTLE -I$(CURDIR)/cross/aead
   AEAD_SWIFT_DEFS := -D LP_AEAD
   AEAD_LIBS     := nettle
-  AEAD_GLUE     := chachapoly_portable gcm_portable lp_aead
   NETTLE_OPTIONS := --disable-fat --enable-arm64-crypto
 endif
 ifeq ($(LINK),dynamic)
@@ -260,7 +258,7 @@ ifneq ($(filter sodium,$(AEAD_LIBS)),)
 endif
 	cross/aead/build-nettle.sh $(DOWNLOADS)/$(NETTLE_TARBALL) $(MBEDTLS_DIR)/nettle $(GNU_TRIPLE) "$(NETTLE_OPTIONS)" $(TC)/usr/bin/clang \
 	  $(DEVICE_CFLAGS) -O2
-	for f in $(AEAD_GLUE); do \
+	for f in chachapoly_portable gcm_portable lp_aead; do \
 	  $(TC)/usr/bin/clang $(DEVICE_CFLAGS) -O2 $(AEAD_DEFS) -Wall -Wextra -I$(MBEDTLS_DIR)/include -I$(MBEDTLS_DIR)/library \
 	    -I$(MBEDTLS_DIR)/sodium/include -I$(MBEDTLS_DIR)/nettle/include -c cross/aead/$$f.c \
 	    -o $(MBEDTLS_DIR)/library/lp_$$f.o || exit 1; \

@@ -149,6 +149,17 @@ static int chachapoly_use_fast(void)
 #endif
 }
 
+#if defined(LP_AEAD_CHACHAPOLY_NETTLE)
+/* Keys a Nettle context for one record and authenticates its additional data. */
+static void nettle_chachapoly_start(struct chacha_poly1305_ctx *nettle, const unsigned char key[32],
+                                    const unsigned char nonce[12], const unsigned char *aad, size_t aad_len)
+{
+    nettle_chacha_poly1305_set_key(nettle, key);
+    nettle_chacha_poly1305_set_nonce(nettle, nonce);
+    nettle_chacha_poly1305_update(nettle, aad_len, aad);
+}
+#endif
+
 const char *lp_aead_chachapoly_backend(void)
 {
     chachapoly_use_fast();
@@ -211,9 +222,7 @@ int mbedtls_chachapoly_encrypt_and_tag(mbedtls_chachapoly_context *ctx, size_t l
     /* Nettle allows output == input (in place), as mbedTLS does. Its key set-up only copies
      * the key, so a context on the stack per record costs nothing measurable. */
     struct chacha_poly1305_ctx nettle;
-    nettle_chacha_poly1305_set_key(&nettle, ctx->key);
-    nettle_chacha_poly1305_set_nonce(&nettle, nonce);
-    nettle_chacha_poly1305_update(&nettle, aad_len, aad);
+    nettle_chachapoly_start(&nettle, ctx->key, nonce, aad, aad_len);
     nettle_chacha_poly1305_encrypt(&nettle, length, output, input);
     nettle_chacha_poly1305_digest(&nettle, 16, tag);
     mbedtls_platform_zeroize(&nettle, sizeof(nettle));
@@ -240,9 +249,7 @@ int mbedtls_chachapoly_auth_decrypt(mbedtls_chachapoly_context *ctx, size_t leng
      * compared in constant time afterwards. */
     struct chacha_poly1305_ctx nettle;
     unsigned char expected[16];
-    nettle_chacha_poly1305_set_key(&nettle, ctx->key);
-    nettle_chacha_poly1305_set_nonce(&nettle, nonce);
-    nettle_chacha_poly1305_update(&nettle, aad_len, aad);
+    nettle_chachapoly_start(&nettle, ctx->key, nonce, aad, aad_len);
     nettle_chacha_poly1305_decrypt(&nettle, length, output, input);
     nettle_chacha_poly1305_digest(&nettle, 16, expected);
     int refused = !nettle_memeql_sec(expected, tag, 16);
