@@ -12,7 +12,47 @@
 #include <sys/stat.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <sys/socket.h>
+#include <netinet/tcp.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 
 /// SIG_IGN is a cast macro that Swift cannot import.
 static inline void lp_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
+
+/// SO_LINGER with a zero timeout: the next close() sends a TCP reset instead of a FIN, so the
+/// local application sees ECONNRESET rather than a clean end of stream. Returns 0 or -errno.
+static inline int lp_set_linger_zero(int fd) {
+    struct linger l = { 1, 0 };
+    return setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) == 0 ? 0 : -errno;
+}
+
+/// TCP keepalive with explicit timings (libuv sets only the idle time), and a user timeout so
+/// that unacknowledged data also ends the connection after about the same time.
+/// Returns 0 or -errno of the first option that failed.
+static inline int lp_tcp_keepalive(int fd, int idle_s, int interval_s, int count) {
+    int on = 1;
+    unsigned int user_timeout_ms = (unsigned int)(idle_s + interval_s * count) * 1000u;
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on) != 0) return -errno;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof idle_s) != 0) return -errno;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof interval_s) != 0) return -errno;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count) != 0) return -errno;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms) != 0) return -errno;
+    return 0;
+}
+
+/// No core file and no ptrace by other users' processes: a crash must not write the access
+/// token to disk. Returns 0 or -errno.
+static inline int lp_disable_core_dumps(void) {
+    struct rlimit none = { 0, 0 };
+    if (setrlimit(RLIMIT_CORE, &none) != 0) return -errno;
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0 ? 0 : -errno;
+}
+
+/// Whether core dumps are off for this process (for tests and the startup log).
+static inline int lp_core_dumps_disabled(void) {
+    struct rlimit current;
+    if (getrlimit(RLIMIT_CORE, &current) != 0) return 0;
+    return current.rlim_cur == 0 && prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0;
+}
 #endif

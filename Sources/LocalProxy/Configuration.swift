@@ -29,6 +29,12 @@ public struct Configuration {
     public var connectRetries = 3
     public var connectRetryDelayMilliseconds = 1000
     public var pingIntervalMilliseconds = 20_000
+    /// How long without a pong (or any byte) from the service before the connection counts as
+    /// dead and is replaced; nil: two ping intervals plus 5 s; 0: never.
+    public var pongTimeoutMilliseconds: Int? = nil
+    /// How long a local connection may hold the whole tunnel back without taking a byte before
+    /// it is reset (0: never).
+    public var stallTimeoutMilliseconds = 15_000
     public var reconnectDelayMaximumMilliseconds = 120_000
     public var maximumPayload = TunnelMessage.maximumPayloadLength
     /// `--dns`: how host names are resolved; nil keeps the build's default (`Resolver.mode`).
@@ -42,6 +48,9 @@ public struct Configuration {
     public var warnings: [String] = []
 
     public init() {}
+
+    /// The pong deadline in effect (0: off).
+    public var effectivePongTimeoutMilliseconds: Int { pongTimeoutMilliseconds ?? 2 * pingIntervalMilliseconds + 5_000 }
 }
 
 /// What the command line asked for.
@@ -92,6 +101,8 @@ public enum ConfigurationParser {
         OptionSpec(short: nil, long: "max-payload", takesValue: true),
         OptionSpec(short: nil, long: "token-wait-ms", takesValue: true),
         OptionSpec(short: nil, long: "half-close-linger-ms", takesValue: true),
+        OptionSpec(short: nil, long: "pong-timeout-ms", takesValue: true),
+        OptionSpec(short: nil, long: "stall-timeout-ms", takesValue: true),
         OptionSpec(short: nil, long: "dns", takesValue: true),
     ]
 
@@ -185,7 +196,8 @@ public enum ConfigurationParser {
         _ arguments: [String],
         environment: (String) -> String? = SystemAccess.environment,
         readFile: (String) throws(ConfigurationError) -> String = defaultReadFile,
-        permissions: (String) -> UInt32? = SystemAccess.permissions
+        fileStatus: (String) -> FileStatus? = SystemAccess.status,
+        userId: UInt32 = SystemAccess.userId
     ) throws(ConfigurationError) -> Command {
         let commandLine = try tokenize(arguments)
         for (name, _) in commandLine {
@@ -263,14 +275,22 @@ public enum ConfigurationParser {
                 c.accessTokenSource = "the command line"
                 c.warnings.append("the access token was given on the command line, where other users can see it in the process list: prefer AWSIOT_TUNNEL_ACCESS_TOKEN or --access-token-file")
             } else {
-                c.accessTokenSource = commandLine.last(where: { $0.0 == "config" })?.1 ?? "the --config file"
+                let file = commandLine.last(where: { $0.0 == "config" })?.1 ?? ""
+                c.accessTokenSource = file
+                // A --config file holding the token is a secret like a token file.
+                guard let status = fileStatus(file) else {
+                    throw ConfigurationError("cannot examine --config \(file), which holds access-token")
+                }
+                if let problem = status.problem(path: file, holding: "access-token", user: userId) {
+                    throw ConfigurationError("--config \(problem)")
+                }
             }
         } else if let file = last("access-token-file") {
-            guard let mode = permissions(file) else {
+            guard let status = fileStatus(file) else {
                 throw ConfigurationError("cannot read --access-token-file \(file): no such file or no permission")
             }
-            if mode & 0o077 != 0 {
-                throw ConfigurationError("--access-token-file \(file) can be read by other users (mode \(octal(mode))): run chmod 600 \(file)")
+            if let problem = status.problem(path: file, holding: "the access token", user: userId) {
+                throw ConfigurationError("--access-token-file \(problem)")
             }
             c.accessToken = trim(try readFile(file))
             c.accessTokenSource = file
@@ -282,12 +302,7 @@ public enum ConfigurationParser {
         if c.accessToken.isEmpty {
             throw ConfigurationError("no access token: set AWSIOT_TUNNEL_ACCESS_TOKEN, or use --access-token-file FILE or -t TOKEN")
         }
-        if c.accessToken.utf8.count > 4096 {
-            throw ConfigurationError("the access token is \(c.accessToken.utf8.count) bytes; tokens are at most 4096")
-        }
-        for b in c.accessToken.utf8 where b < 0x21 || b > 0x7E {
-            throw ConfigurationError("the access token contains a space or control character: check how it was copied")
-        }
+        if let problem = accessTokenProblem(c.accessToken) { throw ConfigurationError(problem) }
 
         if let token = last("client-token") ?? environment("AWSIOT_TUNNEL_CLIENT_TOKEN") {
             guard isValidClientToken(token) else {
@@ -317,6 +332,14 @@ public enum ConfigurationParser {
         c.maximumPayload = try intOption(last("max-payload"), "max-payload", 1...TunnelMessage.maximumPayloadLength, c.maximumPayload)
         c.tokenWaitMilliseconds = try intOption(last("token-wait-ms"), "token-wait-ms", 0...86_400_000, c.tokenWaitMilliseconds)
         c.halfCloseLingerMilliseconds = try intOption(last("half-close-linger-ms"), "half-close-linger-ms", 0...3_600_000, c.halfCloseLingerMilliseconds)
+        c.stallTimeoutMilliseconds = try intOption(last("stall-timeout-ms"), "stall-timeout-ms", 0...86_400_000, c.stallTimeoutMilliseconds)
+        if let text = last("pong-timeout-ms") {
+            let value = try intOption(text, "pong-timeout-ms", 0...86_400_000, 0)
+            if value != 0 && value <= c.pingIntervalMilliseconds {
+                throw ConfigurationError("--pong-timeout-ms (\(value)) must be longer than --ping-interval-ms (\(c.pingIntervalMilliseconds)), or 0 to turn the check off")
+            }
+            c.pongTimeoutMilliseconds = value
+        }
         try parseNameResolution(last("dns"), environment: environment, into: &c)
 
         switch c.mode {
@@ -565,6 +588,17 @@ func parseInt(_ s: String) -> Int? {
 func parsePort(_ s: String) -> UInt16? {
     guard let n = parseInt(s), n >= 1 && n <= 65535 else { return nil }
     return UInt16(n)
+}
+
+/// Why a (trimmed, non-empty) access token cannot be sent, or nil. The message never quotes it.
+func accessTokenProblem(_ token: String) -> String? {
+    if token.utf8.count > 4096 {
+        return "the access token is \(token.utf8.count) bytes; tokens are at most 4096"
+    }
+    for b in token.utf8 where b < 0x21 || b > 0x7E {
+        return "the access token contains a space or control character: check how it was copied"
+    }
+    return nil
 }
 
 func octal(_ n: UInt32) -> String {

@@ -44,7 +44,7 @@ public final class DestinationRuntime: TunnelRuntime {
             } else if let link = makeLink(id) {
                 link.connect(endpoint)
             } else if let s = session {
-                perform { s.connectFailed(id, reason: "out of memory", into: &$0) }
+                perform { s.connectFailed(id, reason: "no room for another local connection", into: &$0) }
             }
         case .scheduleRetry(let id, let delay):
             links[id]?.scheduleRetry(after: delay)
@@ -52,6 +52,8 @@ public final class DestinationRuntime: TunnelRuntime {
             links[id]?.enqueue(payload)
         case .closeLocal(let id):
             links[id]?.closeAfterFlush()
+        case .resetLocal(let id):
+            links[id]?.reset()
         case .send(let message):
             tunnel?.send(message)
         case .log(let level, let text):
@@ -87,6 +89,11 @@ public final class DestinationRuntime: TunnelRuntime {
             return
         }
         perform { s.localClosed(link.id, into: &$0) }
+    }
+
+    override func linkStalled(_ link: LocalLink, milliseconds: Int) {
+        guard let s = session else { return super.linkStalled(link, milliseconds: milliseconds) }
+        perform { s.localStalled(link.id, milliseconds: milliseconds, into: &$0) }
     }
 
     override func dataHeader(for link: LocalLink) -> TunnelMessage? {

@@ -12,7 +12,8 @@ protocol LocalLinkOwner: AnyObject {
     func linkBroken(_ link: LocalLink)
     func linkClosed(_ link: LocalLink)
     /// The link's queue toward the local socket passed the high-water mark (true) or drained
-    /// below the low-water mark (false).
+    /// below the low-water mark (false). Only links still in the session are congested: a link
+    /// that is closing takes no more tunnel data, so it never holds the tunnel back.
     func linkCongestion(_ link: LocalLink, congested: Bool)
     /// A frame of the link waits for room in the tunnel's outgoing buffer.
     func linkWaitsForTunnel(_ link: LocalLink)
@@ -34,7 +35,7 @@ final class LocalLink {
     /// ignorable, payload key and length), rounded up.
     static let headroom = TunnelConnection.frameHeadroom + TunnelFrame.prefixLength + 24
     /// Protobuf fields after the payload: serviceId (up to 128 bytes) and connectionId.
-    static let tailroom = 3 + 128 + 6 + 3
+    static let tailroom = 3 + TunnelMessage.maximumServiceIdLength + 6 + 3
 
     enum State { case idle, connecting, open, closing, closed }
 
@@ -53,6 +54,9 @@ final class LocalLink {
     private var pendingFrame = 0
     private var readEnded = false
     private var congested = false
+    /// When the last write to the local socket completed (or congestion began): how long the
+    /// local application has taken nothing while the tunnel waits for it.
+    private var lastProgress: UInt64 = 0
     private var retryTimer: Timer? = nil
     /// The DATA fields of this connection, once known.
     private var dataHeader: TunnelMessage? = nil
@@ -73,6 +77,12 @@ final class LocalLink {
     private var lowWater: Int { toLocal.capacity / 4 }
 
     var queuedTowardLocal: Int { toLocal.readableCount }
+
+    /// Milliseconds this link has held the tunnel back without the local application taking
+    /// any byte (0 when it is not holding the tunnel back).
+    func stalledMilliseconds(now: UInt64) -> UInt64 {
+        congested && now > lastProgress ? now - lastProgress : 0
+    }
 
     // MARK: Connecting
 
@@ -153,6 +163,7 @@ final class LocalLink {
         }
         if !congested && toLocal.readableCount > highWater {
             congested = true
+            lastProgress = loop.now
             logger.debug("local connection \(id) is slower than the tunnel: pausing the tunnel")
             owner?.linkCongestion(self, congested: true)
         }
@@ -183,10 +194,8 @@ final class LocalLink {
                 return
             }
             toLocal.consume(count)
-            if congested && toLocal.readableCount <= lowWater {
-                congested = false
-                owner?.linkCongestion(self, congested: false)
-            }
+            lastProgress = loop.now
+            if congested && toLocal.readableCount <= lowWater { endCongestion() }
             flushToLocal()
         }
     }
@@ -222,6 +231,13 @@ final class LocalLink {
         guard let header = dataHeader, let tunnel = owner?.tunnel else {
             // No stream or no tunnel any more: the bytes have nowhere to go; the link is being
             // closed by the session.
+            return
+        }
+        // The sessions never adopt a longer service id; should one slip through, the tail would
+        // be written past the reservation, so the connection ends instead.
+        guard header.tailLength <= LocalLink.tailroom else {
+            logger.error("local connection \(id): the DATA fields need \(header.tailLength) bytes behind the payload, more than the \(LocalLink.tailroom) reserved: closing it")
+            readFailed()
             return
         }
         let payload = r.payload.baseAddress!
@@ -295,8 +311,38 @@ final class LocalLink {
             stream?.stopReading()
             readEnded = true
             pendingFrame = 0
+            endCongestion()
             flushToLocal()
         }
+    }
+
+    /// Ends the connection at once: queued bytes (both ways) are dropped and the socket is
+    /// closed with a TCP reset, so the local application sees ECONNRESET, never a clean end of a
+    /// cut-off transfer. Used when the tunnel is lost, a stall deadline passes, or the proxy
+    /// stops while a local application is not reading.
+    func reset() {
+        guard state != .closed else { return }
+        state = .closed
+        retryTimer?.close()
+        retryTimer = nil
+        toLocal.removeAll()
+        toTunnel.removeAll()
+        pendingFrame = 0
+        readEnded = true
+        endCongestion()
+        let s = stream
+        stream = nil
+        if let s, !s.isClosing {
+            s.closeWithReset { [self] in done() }
+        } else {
+            done()
+        }
+    }
+
+    private func endCongestion() {
+        guard congested else { return }
+        congested = false
+        owner?.linkCongestion(self, congested: false)
     }
 
     private func finishClosing() {
@@ -304,10 +350,7 @@ final class LocalLink {
         state = .closed
         retryTimer?.close()
         retryTimer = nil
-        if congested {
-            congested = false
-            owner?.linkCongestion(self, congested: false)
-        }
+        endCongestion()
         let s = stream
         stream = nil
         if let s {

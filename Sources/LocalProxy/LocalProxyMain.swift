@@ -5,6 +5,8 @@ import TunnelTLS
 /// The program: parse the configuration, set up TLS and the loop, run the mode's runtime.
 public enum LocalProxyMain {
     public static func run(arguments: [String]) -> Int32 {
+        // Before anything reads the token: a crash must not write it to a core file.
+        let coreDumpError = disableCoreDumps()
         let command: Command
         do {
             command = try ConfigurationParser.parse(arguments)
@@ -34,6 +36,7 @@ public enum LocalProxyMain {
         let logger = Logger(verbosity: configuration.verbosity)
         logger.info("localproxy \(LocalProxyVersion.string), \(configuration.mode) mode; TLS: \(CryptoBackend.description)")
         for warning in configuration.warnings { logger.warning(warning) }
+        if let coreDumpError { logger.warning("\(coreDumpError): a crash could write the access token to a core file") }
         ignoreBrokenPipeSignal()
         useNameResolution(of: configuration, logger: logger)
 
@@ -127,6 +130,10 @@ public enum LocalProxyMain {
           --connect-retries N         local connect retries before resetting the stream (3)
           --connect-retry-delay-ms N  delay between local connect attempts (1000)
           --ping-interval-ms N        WebSocket ping interval (20000)
+          --pong-timeout-ms N         reconnect when nothing (no pong, no data) came from the
+                                      service for N ms (default: 2 ping intervals + 5000; 0: off)
+          --stall-timeout-ms N        reset a local connection that takes no data for N ms while
+                                      the tunnel waits for it, so the others go on (15000; 0: off)
           --reconnect-delay-max-ms N  cap of the reconnect backoff (120000)
           --max-payload N             largest DATA payload to send (64512)
           --token-wait-ms N           with --access-token-file: after the service ends the

@@ -72,6 +72,10 @@ public final class SourceRuntime: TunnelRuntime {
             lingering[id]?.close()
             lingering[id] = nil
             links[id]?.closeAfterFlush()
+        case .resetLocal(let id):
+            lingering[id]?.close()
+            lingering[id] = nil
+            links[id]?.reset()
         case .send(let message):
             tunnel?.send(message)
         case .log(let level, let text):
@@ -106,14 +110,14 @@ public final class SourceRuntime: TunnelRuntime {
 
     private func accept(_ stream: Stream, serviceId: String) {
         guard let s = session, let index = serviceIndex[serviceId], tunnel != nil else {
-            logger.warning("closing a local connection for \(serviceId.isEmpty ? "the tunnel" : serviceId): the tunnel is not connected")
-            stream.close()
+            logger.warning("refusing a local connection for \(serviceId.isEmpty ? "the tunnel" : serviceId) with a reset: the tunnel is not connected")
+            stream.closeWithReset()
             return
         }
         var actions: [SourceAction] = []
         let accepted = s.accepted(service: index, into: &actions)
         guard let id = accepted, let link = makeLink(id) else {
-            stream.close()
+            stream.closeWithReset()
             perform { $0 = actions }
             if let id = accepted { perform { s.localClosed(id, into: &$0) } }
             return
@@ -160,6 +164,11 @@ public final class SourceRuntime: TunnelRuntime {
         lingering[link.id]?.close()
         lingering[link.id] = nil
         super.linkClosed(link)
+    }
+
+    override func linkStalled(_ link: LocalLink, milliseconds: Int) {
+        guard let s = session else { return super.linkStalled(link, milliseconds: milliseconds) }
+        perform { s.localStalled(link.id, milliseconds: milliseconds, into: &$0) }
     }
 
     override func dataHeader(for link: LocalLink) -> TunnelMessage? {

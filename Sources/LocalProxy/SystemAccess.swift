@@ -34,14 +34,27 @@ public enum SystemAccess {
         return result.bytes
     }
 
-    /// Permission bits of a file, or nil if it cannot be examined.
-    public static func permissions(_ path: String) -> UInt32? {
-        var request = uv_fs_t()
-        let status = withCString(path) { uv_fs_stat(nil, &request, $0, nil) }
-        defer { uv_fs_req_cleanup(&request) }
-        guard status == 0 else { return nil }
-        return UInt32(truncatingIfNeeded: request.statbuf.st_mode) & 0o7777
+    /// Mode and owner of a file, following a symbolic link (whose own owner is kept too), or
+    /// nil if it cannot be examined.
+    public static func status(_ path: String) -> FileStatus? {
+        func stat(_ follow: Bool) -> (mode: UInt32, owner: UInt32)? {
+            var request = uv_fs_t()
+            let status = withCString(path) { follow ? uv_fs_stat(nil, &request, $0, nil) : uv_fs_lstat(nil, &request, $0, nil) }
+            defer { uv_fs_req_cleanup(&request) }
+            guard status == 0 else { return nil }
+            return (UInt32(truncatingIfNeeded: request.statbuf.st_mode), UInt32(truncatingIfNeeded: request.statbuf.st_uid))
+        }
+        guard let link = stat(false) else { return nil }
+        if link.mode & 0o170000 != 0o120000 {
+            return FileStatus(mode: link.mode & 0o7777, owner: link.owner, isRegular: link.mode & 0o170000 == 0o100000, linkOwner: nil)
+        }
+        guard let target = stat(true) else { return nil }
+        return FileStatus(mode: target.mode & 0o7777, owner: target.owner, isRegular: target.mode & 0o170000 == 0o100000,
+                          linkOwner: link.owner)
     }
+
+    /// The effective user id of this process.
+    public static var userId: UInt32 { UInt32(geteuid()) }
 
     /// Regular files under `directory`, recursively, sorted by path.
     public static func files(under directory: String, depth: Int = 0) -> [String] {
@@ -62,6 +75,43 @@ public enum SystemAccess {
             }
         }
         return out.sorted { a, b in Array(a.utf8).lexicographicallyPrecedes(Array(b.utf8)) }
+    }
+}
+
+/// What the proxy checks of a file holding a secret before reading it.
+public struct FileStatus: Equatable {
+    /// Permission bits (of the target, for a symbolic link).
+    public var mode: UInt32
+    public var owner: UInt32
+    public var isRegular: Bool
+    /// The owner of the symbolic link itself when `path` is one.
+    public var linkOwner: UInt32?
+
+    public init(mode: UInt32, owner: UInt32, isRegular: Bool = true, linkOwner: UInt32? = nil) {
+        self.mode = mode
+        self.owner = owner
+        self.isRegular = isRegular
+        self.linkOwner = linkOwner
+    }
+
+    /// Why a file holding `what` (an access token) must not be trusted, or nil when it is
+    /// private to `user`: a regular file, owned by `user` or root, not readable or writable by
+    /// group or others, and reached (if through a symbolic link) by a link owned by `user` or
+    /// root (anyone else could point it at a file of their choosing).
+    public func problem(path: String, holding what: String, user: UInt32) -> String? {
+        if let linkOwner, linkOwner != user && linkOwner != 0 {
+            return "\(path) holds \(what) but is a symbolic link owned by uid \(linkOwner), not by this user (uid \(user)) or root: replace the link with the file itself"
+        }
+        if !isRegular {
+            return "\(path) holds \(what) but is not a regular file"
+        }
+        if owner != user && owner != 0 {
+            return "\(path) holds \(what) but is owned by uid \(owner), not by this user (uid \(user)) or root: run chown \(user) \(path)"
+        }
+        if mode & 0o077 != 0 {
+            return "\(path) holds \(what) but can be read or changed by other users (mode \(octal(mode))): run chmod 600 \(path)"
+        }
+        return nil
     }
 }
 

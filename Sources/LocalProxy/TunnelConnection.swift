@@ -90,6 +90,19 @@ public final class TunnelConnection: TunnelPipelineHandler {
     let logger: Logger
     public var delegate: TunnelConnectionDelegate?
     let pingIntervalMilliseconds: UInt64
+    /// Dead-peer deadline: nothing read from the service (no pong, no data) for this long while
+    /// reading was not paused ends the connection, so that a path dropped without a FIN or RST
+    /// (a cellular link gone) is replaced in seconds rather than when TCP gives up. 0: off.
+    let pongTimeoutMilliseconds: UInt64
+    /// When the socket last gave us bytes (or reading last resumed after a pause).
+    private var lastHeard: UInt64 = 0
+
+    /// TCP keepalive on the service connection: first probe after 30 s of silence, then every
+    /// 10 s, 3 of them (the kernel drops the connection after about 60 s).
+    static let keepAlive: (idle: Int32, interval: Int32, count: Int32) = (30, 10, 3)
+    /// Control frames queued beyond this many mean the service has stopped reading: the
+    /// connection is replaced rather than let the queue grow.
+    static let controlQueueHardLimit = 4 * TunnelPipeline.controlQueueLimit
 
     private(set) var state = State.resolving
     private var socket: Stream? = nil
@@ -102,13 +115,14 @@ public final class TunnelConnection: TunnelPipelineHandler {
     private var processing = false
 
     public init(loop: EventLoop, endpoint: TunnelEndpoint, tls: TLSConfiguration, random: SecureRandom,
-                logger: Logger, pingIntervalMilliseconds: Int) {
+                logger: Logger, pingIntervalMilliseconds: Int, pongTimeoutMilliseconds: Int = 0) {
         self.loop = loop
         self.endpoint = endpoint
         self.tlsConfiguration = tls
         self.random = random
         self.logger = logger
         self.pingIntervalMilliseconds = UInt64(pingIntervalMilliseconds)
+        self.pongTimeoutMilliseconds = UInt64(max(0, pongTimeoutMilliseconds))
         timer = Timer(loop: loop)
         pingTimer = Timer(loop: loop)
     }
@@ -152,6 +166,10 @@ public final class TunnelConnection: TunnelPipelineHandler {
                 return
             }
             stream.setNoDelay()
+            if let error = stream.setKeepAlive(idle: TunnelConnection.keepAlive.idle, interval: TunnelConnection.keepAlive.interval,
+                                               count: TunnelConnection.keepAlive.count) {
+                logger.warning("\(error): a dropped path will be noticed by the ping deadline only")
+            }
             startTLS(stream)
         }
     }
@@ -171,6 +189,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
             switch result {
             case .success(let n):
                 engine.ciphertextIn.commit(n)
+                lastHeard = loop.now
                 drive()
             case .failure(let error):
                 if error.code == UVError.endOfFile {
@@ -254,6 +273,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
             state = .open
             timer.stop()
             pipeline.startFrames()
+            lastHeard = loop.now
             pingTimer.start(after: pingIntervalMilliseconds, repeat: pingIntervalMilliseconds) { [self] in sendPing() }
             delegate?.tunnelOpened(subprotocol: subprotocol, channelId: channelId)
         case .rejected(let status, let reason, let body, let channelId):
@@ -293,7 +313,12 @@ public final class TunnelConnection: TunnelPipelineHandler {
         closeAfterError(code: error.closeCode, reason: "protocol error", why: "WebSocket protocol error: \(error)")
     }
 
-    public var pipelinePaused: Bool { delegate?.tunnelReadingPaused ?? false }
+    /// Parsing stops while a local connection is congested, and while too many control frames
+    /// wait for room in TLS (each message parsed may queue a reset or a pong).
+    public var pipelinePaused: Bool {
+        if let pipeline, pipeline.queuedControlCount >= TunnelPipeline.controlQueueLimit { return true }
+        return delegate?.tunnelReadingPaused ?? false
+    }
 
     // MARK: Sending
 
@@ -302,6 +327,10 @@ public final class TunnelConnection: TunnelPipelineHandler {
         guard state == .open, let pipeline else { return }
         if logger.enabled(.trace) {
             logger.trace("sending \(message.type) stream \(message.streamId) connection \(message.connectionId)")
+        }
+        guard pipeline.queuedControlCount < TunnelConnection.controlQueueHardLimit else {
+            fail(.failed("the service has not taken \(pipeline.queuedControlCount) queued control messages: reconnecting"))
+            return
         }
         do {
             let payload = try TunnelFrame.encode(message)
@@ -370,6 +399,16 @@ public final class TunnelConnection: TunnelPipelineHandler {
 
     private func sendPing() {
         guard state == .open, let pipeline else { return }
+        if pongTimeoutMilliseconds > 0 {
+            let now = loop.now
+            if pipelinePaused || (socket.map { !$0.isReading } ?? false) {
+                // Not reading on purpose (a local connection is congested): silence means nothing.
+                lastHeard = now
+            } else if now &- lastHeard >= pongTimeoutMilliseconds {
+                fail(.failed("nothing from the service for \(now &- lastHeard) ms (no pong to our pings; --pong-timeout-ms \(pongTimeoutMilliseconds)): the connection is presumed dead"))
+                return
+            }
+        }
         let stamp = Array(String(loop.now).utf8)
         stamp.withUnsafeBytes { pipeline.queueFrame(.ping, payload: $0) }
         if !processing { flush() }

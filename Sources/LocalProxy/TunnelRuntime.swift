@@ -36,7 +36,13 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     private(set) var stopping = false
     private var exitCode: Int32? = nil
     private let reconnectTimer: Timer
+    /// Checks congested links against `--stall-timeout-ms` while any holds the tunnel back.
+    private let stallTimer: Timer
+    private var stallTimerRunning = false
+    /// After the tunnel is gone at exit: links still writing after the grace period are reset.
+    private let shutdownTimer: Timer
     private var tokenWait: Timer? = nil
+    private var lastTokenFileProblem: String? = nil
     private var signalWatchers: [SignalWatcher] = []
 
     init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
@@ -48,7 +54,15 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         accessToken = configuration.accessToken
         clientToken = configuration.clientToken ?? random.uuid()
         reconnectTimer = Timer(loop: loop)
+        stallTimer = Timer(loop: loop)
+        shutdownTimer = Timer(loop: loop)
     }
+
+    /// Local connections alive at once, counting those still closing (each holds about 192 KiB
+    /// of buffers): beyond it new ones are refused with a reset.
+    static let maximumLinks = 512
+    /// How long local connections may go on writing what they hold once the proxy stops.
+    static let shutdownGraceMilliseconds: UInt64 = 2000
 
     /// Runs until the tunnel ends or a signal stops it; returns the process exit code.
     public func run() -> Int32 {
@@ -83,7 +97,8 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         let endpoint = TunnelEndpoint(host: configuration.endpointHost, port: configuration.endpointPort, mode: configuration.mode,
                                       accessToken: accessToken, clientToken: clientToken)
         let connection = TunnelConnection(loop: loop, endpoint: endpoint, tls: tlsConfiguration, random: random,
-                                          logger: logger, pingIntervalMilliseconds: configuration.pingIntervalMilliseconds)
+                                          logger: logger, pingIntervalMilliseconds: configuration.pingIntervalMilliseconds,
+                                          pongTimeoutMilliseconds: configuration.effectivePongTimeoutMilliseconds)
         connection.delegate = self
         tunnel = connection
         logger.info("connecting to \(configuration.endpointHost):\(configuration.endpointPort)")
@@ -145,6 +160,10 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         case .rejected(let status, let phrase, let body):
             logger.warning("the service rejected the connection: \(status) \(phrase)\(body.isEmpty ? "" : ": \(body)")")
             scheduleReconnect()
+        case .certificate(let error) where error.isOnlyNotYetValid:
+            // Gateways without a real-time clock boot in the past until NTP sets the time.
+            logger.warning("the service's certificate is not valid yet by this system's clock (\(error)): the clock is probably behind (no real-time clock, NTP not synchronised yet); retrying")
+            scheduleReconnect()
         case .certificate(let error):
             logger.error("the service's TLS certificate was not accepted: \(error). Check -c/--capath and the endpoint name, or the system clock")
             finish(ExitCode.certificate)
@@ -185,11 +204,34 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         return true
     }
 
+    /// The token in the file, if the file is private and the token usable. A missing or empty
+    /// file is normal while an agent rewrites it; anything else is logged (once per problem) and
+    /// the file is read again on the next tick, so a bad write never causes a reconnect with a
+    /// token the service cannot accept.
     private func readTokenFile(_ file: String) -> String? {
-        guard let mode = SystemAccess.permissions(file), mode & 0o077 == 0,
-              let data = try? SystemAccess.readFile(file, limit: 8192) else { return nil }
-        let token = trim(String(decoding: data, as: UTF8.self))
-        return token.isEmpty ? nil : token
+        var problem: String? = nil
+        var token: String? = nil
+        if let status = SystemAccess.status(file) {
+            if let p = status.problem(path: file, holding: "the access token", user: SystemAccess.userId) {
+                problem = p
+            } else if let data = try? SystemAccess.readFile(file, limit: 8192) {
+                let text = trim(String(decoding: data, as: UTF8.self))
+                if text.isEmpty {
+                    problem = nil
+                } else if let p = accessTokenProblem(text) {
+                    problem = "\(file): \(p)"
+                } else {
+                    token = text
+                }
+            } else {
+                problem = "cannot read \(file) (larger than 8192 bytes, or no permission)"
+            }
+        }
+        if let problem, problem != lastTokenFileProblem {
+            logger.error("\(problem); waiting for a usable token in the file")
+        }
+        lastTokenFileProblem = problem
+        return token
     }
 
     /// Full-jitter exponential backoff: a random delay up to 1 s, 2 s, 4 s … capped.
@@ -215,11 +257,14 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         }
     }
 
-    /// Records the exit code and closes every handle so that the loop ends.
+    /// Records the exit code and closes every handle so that the loop ends. Local connections
+    /// still writing what the tunnel delivered get `shutdownGraceMilliseconds` to finish, then
+    /// are reset: a local application that does not read cannot hold the exit back.
     func finish(_ code: Int32) {
         if exitCode == nil { exitCode = code }
         stopping = true
         reconnectTimer.close()
+        stallTimer.close()
         tokenWait?.close()
         tokenWait = nil
         for w in signalWatchers { w.close() }
@@ -228,6 +273,14 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         Resolver.cancelAll()
         releaseHandles()
         for (_, link) in links { link.closeAfterFlush() }
+        if links.isEmpty {
+            shutdownTimer.close()
+        } else {
+            shutdownTimer.start(after: TunnelRuntime.shutdownGraceMilliseconds) { [self] in
+                logger.warning("\(links.count) local connection(s) still writing \(TunnelRuntime.shutdownGraceMilliseconds) ms after the tunnel ended: resetting them")
+                for (_, link) in links { link.reset() }
+            }
+        }
     }
 
     // MARK: Session outcomes shared by both modes
@@ -256,19 +309,54 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     func linkClosed(_ link: LocalLink) {
         links[link.id] = nil
         waitingForTunnel.removeAll { $0 === link }
+        if stopping && links.isEmpty { shutdownTimer.close() }
     }
 
     func linkCongestion(_ link: LocalLink, congested: Bool) {
         congestedLinks += congested ? 1 : -1
-        if congestedLinks == 0 { tunnel?.resumeReading() }
+        if congestedLinks == 0 {
+            if stallTimerRunning {
+                stallTimerRunning = false
+                stallTimer.stop()
+            }
+            tunnel?.resumeReading()
+        } else if !stallTimerRunning && !stopping && configuration.stallTimeoutMilliseconds > 0 {
+            // Checked a few times per deadline, so a stall is acted on within a quarter of it.
+            let period = UInt64(max(50, configuration.stallTimeoutMilliseconds / 4))
+            stallTimerRunning = true
+            stallTimer.start(after: period, repeat: period) { [self] in checkStalls() }
+        }
+    }
+
+    /// Resets every link that has held the tunnel back for the stall deadline without taking a
+    /// byte: the protocol has no per-connection flow control, so one local application that
+    /// stops reading would otherwise stop every connection of the tunnel (docs/RELIABILITY.md).
+    private func checkStalls() {
+        let limit = UInt64(configuration.stallTimeoutMilliseconds)
+        let now = loop.now
+        var stalled: [LocalLink] = []
+        for (_, link) in links where link.stalledMilliseconds(now: now) >= limit { stalled.append(link) }
+        for link in stalled { linkStalled(link, milliseconds: Int(link.stalledMilliseconds(now: now))) }
+    }
+
+    /// A link is past the stall deadline: the modes tell the session (which resets it on both
+    /// sides); without a session it is only reset locally.
+    func linkStalled(_ link: LocalLink, milliseconds: Int) {
+        logger.warning("local connection \(link.id) took no data for \(milliseconds) ms: resetting it")
+        link.reset()
     }
 
     func linkWaitsForTunnel(_ link: LocalLink) {
         if !waitingForTunnel.contains(where: { $0 === link }) { waitingForTunnel.append(link) }
     }
 
-    /// A new link for `id`, registered; nil (logged) if its buffers cannot be allocated.
+    /// A new link for `id`, registered; nil (logged) if there are already `maximumLinks` or its
+    /// buffers cannot be allocated.
     func makeLink(_ id: LocalConnectionID) -> LocalLink? {
+        guard links.count < TunnelRuntime.maximumLinks else {
+            logger.warning("refusing local connection \(id): \(links.count) local connections are open or still closing (at most \(TunnelRuntime.maximumLinks))")
+            return nil
+        }
         do {
             let link = try LocalLink(id: id, owner: self, loop: loop, logger: logger, maximumPayload: configuration.maximumPayload)
             links[id] = link

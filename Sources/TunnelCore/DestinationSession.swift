@@ -121,6 +121,9 @@ public enum DestinationAction {
     case deliver(LocalConnectionID, UnsafeRawBufferPointer)
     /// Write what is queued, then close the local connection; forget it.
     case closeLocal(LocalConnectionID)
+    /// Drop what is queued and close the local connection with a TCP reset, so the local
+    /// application cannot take a cut-off transfer for a complete one; forget it.
+    case resetLocal(LocalConnectionID)
     /// Send a control message (no payload) to the tunnel.
     case send(TunnelMessage)
     case log(LogLevel, String)
@@ -210,7 +213,8 @@ public final class DestinationSession {
     }
 
     private func handleServiceIds(_ message: TunnelMessage, _ actions: inout [DestinationAction]) {
-        let ids = message.distinctServiceIds
+        let (ids, refused) = message.checkedServiceIds
+        for line in refused { actions.append(.log(.error, line)) }
         tunnelServices = ids
         // A single unnamed mapping serves a tunnel with a single service under that name.
         if services.count == 1 && services[0].mapping.serviceId.isEmpty {
@@ -253,7 +257,8 @@ public final class DestinationSession {
             if let i = index(ofService: message.serviceId) { return i }
             // A single unnamed mapping (`-d 22`) serves whatever the tunnel's one service is
             // called, even when a stream starts before SERVICE_IDS named it.
-            if services.count == 1 && services[0].serviceIdBytes.isEmpty && message.type == .streamStart {
+            if services.count == 1 && services[0].serviceIdBytes.isEmpty && message.type == .streamStart
+                && message.serviceId.count <= TunnelMessage.maximumServiceIdLength {
                 services[0].mapping.serviceId = String(decoding: message.serviceId, as: UTF8.self)
                 services[0].serviceIdBytes = message.serviceId
                 return 0
@@ -269,7 +274,7 @@ public final class DestinationSession {
 
     private func describe(_ message: TunnelMessage) -> String {
         var text = "\(message.type) stream \(message.streamId)"
-        if !message.serviceId.isEmpty { text += " service \(String(decoding: message.serviceId, as: UTF8.self))" }
+        if !message.serviceId.isEmpty { text += " service \(loggableServiceId(message.serviceId))" }
         if message.connectionId != 0 { text += " connection \(message.connectionId)" }
         return text
     }
@@ -280,10 +285,15 @@ public final class DestinationSession {
             return
         }
         guard let index = resolveService(message) else {
-            let name = String(decoding: message.serviceId, as: UTF8.self)
-            actions.append(.log(.error, name.isEmpty
-                ? "\(describe(message)) names no service and several are mapped: resetting it (map a single service, or have the source send service ids)"
-                : "\(describe(message)) is for service \(name), which -d does not map: resetting it"))
+            let why: String
+            if message.serviceId.isEmpty {
+                why = "names no service and several are mapped: resetting it (map a single service, or have the source send service ids)"
+            } else if message.serviceId.count > TunnelMessage.maximumServiceIdLength {
+                why = "has a service id longer than \(TunnelMessage.maximumServiceIdLength) bytes: resetting it"
+            } else {
+                why = "is for a service that -d does not map: resetting it"
+            }
+            actions.append(.log(.error, "\(describe(message)) \(why)"))
             actions.append(.send(TunnelMessage(type: .streamReset, streamId: message.streamId, serviceId: message.serviceId)))
             return
         }
@@ -379,12 +389,13 @@ public final class DestinationSession {
     }
 
     /// Closes every connection of a service's stream and forgets the stream. Sends nothing: the
-    /// callers are resets and replacements that the peer already knows about.
-    private func endStream(_ index: Int, _ actions: inout [DestinationAction]) {
+    /// callers are resets and replacements that the peer already knows about. `abort` resets
+    /// the local connections instead of letting them finish what is queued.
+    private func endStream(_ index: Int, abort: Bool = false, _ actions: inout [DestinationAction]) {
         guard let stream = services[index].stream else { return }
         for (_, id) in stream.connections {
             connections[id] = nil
-            actions.append(.closeLocal(id))
+            actions.append(abort ? .resetLocal(id) : .closeLocal(id))
         }
         services[index].stream = nil
     }
@@ -444,9 +455,10 @@ public final class DestinationSession {
     /// STREAM_RESET in V1/V2 (the stream ends with its only connection). A V3 stream whose first
     /// connection could not be made at all, and that has no other connection, is reset whole:
     /// the stream never worked, and the source learns it the way V1/V2 sources would.
-    private func closeAndReset(_ id: LocalConnectionID, _ c: Connection, connectFailed: Bool, _ actions: inout [DestinationAction]) {
+    private func closeAndReset(_ id: LocalConnectionID, _ c: Connection, connectFailed: Bool, abort: Bool = false,
+                               _ actions: inout [DestinationAction]) {
         connections[id] = nil
-        actions.append(.closeLocal(id))
+        actions.append(abort ? .resetLocal(id) : .closeLocal(id))
         guard var stream = services[c.service].stream, stream.id == c.streamId else { return }
         let wholeStream = c.format != .v3 || (connectFailed && c.startedStream && stream.connections.count <= 1)
         let reset = resetMessage(for: c.service, stream: stream, connectionId: c.connectionId, wholeStream: wholeStream)
@@ -454,7 +466,7 @@ public final class DestinationSession {
         if reset.type == .streamReset {
             for (_, other) in stream.connections where other != id {
                 connections[other] = nil
-                actions.append(.closeLocal(other))
+                actions.append(abort ? .resetLocal(other) : .closeLocal(other))
             }
             services[c.service].stream = nil
         } else {
@@ -472,9 +484,22 @@ public final class DestinationSession {
                              connectionId: c.format == .v3 ? c.connectionId : 0)
     }
 
-    /// Ends the session (WebSocket gone): every local connection is closed.
+    /// A local connection has taken nothing for the stall deadline while the tunnel waits for
+    /// it: it is reset on both sides (CONNECTION_RESET in V3, STREAM_RESET in V1/V2) so that the
+    /// tunnel's other connections can move again. Its queued bytes are dropped.
+    public func localStalled(_ id: LocalConnectionID, milliseconds: Int, into actions: inout [DestinationAction]) {
+        guard let c = connections[id] else {
+            actions.append(.resetLocal(id))
+            return
+        }
+        actions.append(.log(.warning, "local connection \(id) to \(services[c.service].mapping.endpoint) took no data for \(milliseconds) ms while the tunnel waited for it: resetting it so that the other connections can go on (--stall-timeout-ms)"))
+        closeAndReset(id, c, connectFailed: false, abort: true, &actions)
+    }
+
+    /// Ends the session (WebSocket gone): every local connection is reset, since whatever it
+    /// was carrying is cut off.
     public func closeAll(into actions: inout [DestinationAction]) {
-        for index in services.indices { endStream(index, &actions) }
+        for index in services.indices { endStream(index, abort: true, &actions) }
         connections.removeAll()
     }
 }

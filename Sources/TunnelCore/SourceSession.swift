@@ -16,6 +16,9 @@ public enum SourceAction {
     case deliver(LocalConnectionID, UnsafeRawBufferPointer)
     /// Write what is queued, then close the local connection; forget it.
     case closeLocal(LocalConnectionID)
+    /// Drop what is queued and close the local connection with a TCP reset (its transfer was
+    /// cut off); forget it.
+    case resetLocal(LocalConnectionID)
     case send(TunnelMessage)
     case log(LogLevel, String)
     case reconnect(SessionEndReason)
@@ -127,11 +130,12 @@ public final class SourceSession {
     /// unnamed `-s PORT` serves a single-service (or service-less) tunnel, and a tunnel service
     /// without a port gets a free one (logged).
     private func handleServiceIds(_ message: TunnelMessage, _ actions: inout [SourceAction]) {
-        let ids = message.distinctServiceIds
         if !services.isEmpty {
             // Already listening (the service may repeat SERVICE_IDS): nothing new to set up.
             return
         }
+        let (ids, refused) = message.checkedServiceIds
+        for line in refused { actions.append(.log(.error, line)) }
         if ids.isEmpty {
             guard mappings.count == 1 else {
                 actions.append(.fatal(.sourceServiceMismatch(mapped: mappings.map { $0.serviceId }, tunnel: [])))
@@ -147,7 +151,7 @@ public final class SourceSession {
         } else {
             for id in ids {
                 let port = mappings.first(where: { $0.serviceId == id })?.port ?? 0
-                if port == 0 { actions.append(.log(.warning, "tunnel service \(id) has no -s port: listening on a free port")) }
+                if port == 0 { actions.append(.log(.warning, "tunnel service \(loggableServiceId(Array(id.utf8))) has no -s port: listening on a free port")) }
                 services.append(Service(serviceId: id, serviceIdBytes: Array(id.utf8), port: port))
             }
             for m in mappings where !ids.contains(m.serviceId) {
@@ -188,10 +192,10 @@ public final class SourceSession {
         services[index].serviceId.isEmpty ? "the tunnel's service" : "service \(services[index].serviceId)"
     }
 
-    private func endStream(_ index: Int, _ actions: inout [SourceAction]) {
+    private func endStream(_ index: Int, abort: Bool = false, _ actions: inout [SourceAction]) {
         for (_, id) in services[index].connections {
             connections[id] = nil
-            actions.append(.closeLocal(id))
+            actions.append(abort ? .resetLocal(id) : .closeLocal(id))
         }
         services[index].connections = [:]
         services[index].streamId = nil
@@ -249,8 +253,25 @@ public final class SourceSession {
     /// The local connection is over (after its bytes went out): tell the destination.
     public func localClosed(_ id: LocalConnectionID, into actions: inout [SourceAction]) {
         guard let c = connections[id] else { return }
-        connections[id] = nil
         actions.append(.closeLocal(id))
+        forget(id, c, &actions)
+    }
+
+    /// A local client has taken nothing for the stall deadline while the tunnel waits for it:
+    /// it is reset here and at the destination so that the other connections can go on.
+    public func localStalled(_ id: LocalConnectionID, milliseconds: Int, into actions: inout [SourceAction]) {
+        guard let c = connections[id] else {
+            actions.append(.resetLocal(id))
+            return
+        }
+        actions.append(.log(.warning, "local connection \(id) of \(label(c.service)) took no data for \(milliseconds) ms while the tunnel waited for it: resetting it so that the other connections can go on (--stall-timeout-ms)"))
+        actions.append(.resetLocal(id))
+        forget(id, c, &actions)
+    }
+
+    /// Removes a connection from its stream and tells the destination.
+    private func forget(_ id: LocalConnectionID, _ c: Connection, _ actions: inout [SourceAction]) {
+        connections[id] = nil
         guard services[c.service].streamId == c.streamId else { return }
         let serviceId = format == .v1 ? [] : services[c.service].serviceIdBytes
         services[c.service].connections[c.connectionId] = nil
@@ -270,9 +291,10 @@ public final class SourceSession {
                              connectionId: format == .v3 ? c.connectionId : 0)
     }
 
-    /// Ends the session: every local connection is closed.
+    /// Ends the session (WebSocket gone): every local connection is reset, since whatever it
+    /// was carrying is cut off.
     public func closeAll(into actions: inout [SourceAction]) {
-        for i in services.indices { endStream(i, &actions) }
+        for i in services.indices { endStream(i, abort: true, &actions) }
         connections.removeAll()
     }
 }

@@ -85,14 +85,32 @@ public struct TunnelMessage {
         self.connectionId = connectionId
     }
 
-    /// The service ids of a SERVICE_IDS message, without empty or repeated entries.
-    public var distinctServiceIds: [String] {
+    /// Longest service id, in UTF-8 bytes, that either side accepts from the peer (the AWS API's
+    /// limit; also what the proxy's in-place framing reserves room for behind each payload).
+    public static let maximumServiceIdLength = 128
+    /// Most service ids one SERVICE_IDS message may list (a tunnel has at most 3 services).
+    public static let maximumServiceIdCount = 16
+
+    /// The usable service ids of a SERVICE_IDS message: no empty or repeated entries, none longer
+    /// than `maximumServiceIdLength`, at most `maximumServiceIdCount`. `refused` says, one line
+    /// each, what was left out and why, for the log.
+    public var checkedServiceIds: (ids: [String], refused: [String]) {
         var ids: [String] = []
-        for raw in availableServiceIds {
+        var refused: [String] = []
+        for raw in availableServiceIds where !raw.isEmpty {
+            guard raw.count <= TunnelMessage.maximumServiceIdLength else {
+                refused.append("service id \(loggableServiceId(raw)) is longer than \(TunnelMessage.maximumServiceIdLength) bytes: refused, its streams will be reset")
+                continue
+            }
             let id = String(decoding: raw, as: UTF8.self)
-            if !id.isEmpty && !ids.contains(id) { ids.append(id) }
+            if ids.contains(id) { continue }
+            guard ids.count < TunnelMessage.maximumServiceIdCount else {
+                refused.append("SERVICE_IDS lists more than \(TunnelMessage.maximumServiceIdCount) service ids: ignoring \(loggableServiceId(raw)) and the rest")
+                break
+            }
+            ids.append(id)
         }
-        return ids
+        return (ids, refused)
     }
 
     static func fieldName(_ field: UInt64) -> String {
@@ -288,4 +306,25 @@ public enum TunnelEncodingError: Error, Equatable, CustomStringConvertible {
             return "output buffer of \(available) bytes is too small for a \(needed)-byte message"
         }
     }
+}
+
+/// A service id from the peer, made safe for a log line: at most 64 bytes shown, control
+/// characters, quotes and backslashes escaped, the full length given when it was cut.
+public func loggableServiceId(_ raw: [UInt8]) -> String {
+    let shown = 64
+    var text = "\""
+    var bytes: [UInt8] = []
+    for b in raw.prefix(shown) {
+        if b < 0x20 || b == 0x7F || b == 0x22 || b == 0x5C {
+            text += String(decoding: bytes, as: UTF8.self)
+            bytes.removeAll()
+            let digits: [UInt8] = Array("0123456789abcdef".utf8)
+            text += String(decoding: [0x5C, 0x78, digits[Int(b >> 4)], digits[Int(b & 0xF)]], as: UTF8.self)
+        } else {
+            bytes.append(b)
+        }
+    }
+    text += String(decoding: bytes, as: UTF8.self) + "\""
+    if raw.count > shown { text += "... (\(raw.count) bytes)" }
+    return text
 }

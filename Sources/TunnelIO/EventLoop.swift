@@ -201,3 +201,10 @@ public final class SignalWatcher: Handle {
 public func ignoreBrokenPipeSignal() {
     lp_ignore_sigpipe()
 }
+
+/// Turns core dumps off (core size limit 0, and not dumpable): a crash must not leave the access
+/// token in a core file. Returns the failure, if any.
+public func disableCoreDumps() -> UVError? {
+    let status = lp_disable_core_dumps()
+    return status == 0 ? nil : UVError(status, "turning core dumps off")
+}

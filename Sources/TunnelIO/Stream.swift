@@ -34,6 +34,12 @@ public struct SocketAddress: CustomStringConvertible {
         }
     }
 
+    /// 127.0.0.0/8, ::1, or an IPv4-mapped loopback address.
+    public var isLoopback: Bool {
+        let text = description
+        return text.hasPrefix("127.") || text.hasPrefix("[::1]") || text.hasPrefix("[::ffff:127.")
+    }
+
     public var description: String {
         var text = [CChar](repeating: 0, count: 64)
         let family = withSockaddr { Int32($0.pointee.sa_family) }
@@ -212,6 +218,30 @@ public final class Stream: Handle {
             request.release()
             completion(UVError(status, "shutting down"))
         }
+    }
+
+    /// Closes at once with a TCP reset (SO_LINGER 0): unsent bytes are dropped and the peer
+    /// reads ECONNRESET, so a cut-off transfer cannot pass for a complete one. Unix-domain
+    /// sockets have no reset and are simply closed. Safe after `shutdown` and when closing.
+    public func closeWithReset(_ completion: (() -> Void)? = nil) {
+        if kind == .tcp && !isClosing {
+            var fd: uv_os_fd_t = -1
+            if uv_fileno(handle, &fd) == 0 { _ = lp_set_linger_zero(fd) }
+        }
+        close(completion)
+    }
+
+    /// TCP keepalive probes after `idle` seconds without traffic, every `interval` seconds,
+    /// `count` of them, and the same bound for unacknowledged data: a silently dropped path is
+    /// noticed by the kernel in idle + interval × count seconds. Returns the error, if any.
+    @discardableResult
+    public func setKeepAlive(idle: Int32, interval: Int32, count: Int32) -> UVError? {
+        guard kind == .tcp, !isClosing else { return nil }
+        var fd: uv_os_fd_t = -1
+        let status = uv_fileno(handle, &fd)
+        if status != 0 { return UVError(status, "finding the socket") }
+        let result = lp_tcp_keepalive(fd, idle, interval, count)
+        return result == 0 ? nil : UVError(result, "setting TCP keepalive")
     }
 
     /// Bytes the kernel has not yet accepted from our writes.

@@ -105,6 +105,9 @@ final class ServiceRuntime {
             log.error("--host must be an IP address, not '\(options.host)'")
             return TunnelServiceMain.ExitCode.usage
         }
+        if !dataAddress.isLoopback {
+            log.warning("--host \(options.host) is not a loopback address: the control plane has no authentication and the data plane accepts any token it issued, so anyone who can reach \(options.host) can open tunnels and read their tokens. Use it only on a network you control")
+        }
         let dataBound: SocketAddress
         let apiBound: SocketAddress
         do {

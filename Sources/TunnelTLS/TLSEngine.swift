@@ -195,7 +195,8 @@ public final class TLSEngine {
         }
         if isWant(status) { return .wantIO }
         if status == Int32(LP_ERR_X509_CERT_VERIFY_FAILED) {
-            throw TLSError(status, "verifying the server's certificate", verification: verificationProblems())
+            throw TLSError(status, "verifying the server's certificate", verification: verificationProblems(),
+                           verificationFlags: mbedtls_ssl_get_verify_result(ssl))
         }
         switch status {
         case Int32(LP_ERR_SSL_FATAL_ALERT_MESSAGE):

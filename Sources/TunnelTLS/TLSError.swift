@@ -6,16 +6,28 @@ public struct TLSError: Error, Equatable, CustomStringConvertible {
     public let context: String
     /// For certificate verification failures: mbedTLS's list of what was wrong with the chain.
     public let verification: String?
+    /// mbedTLS's verification flags (MBEDTLS_X509_BADCERT_*), 0 when not a verification failure.
+    public let verificationFlags: UInt32
 
-    public init(_ code: Int32, _ context: String, verification: String? = nil) {
+    public init(_ code: Int32, _ context: String, verification: String? = nil, verificationFlags: UInt32 = 0) {
         self.code = code
         self.context = context
         self.verification = verification
+        self.verificationFlags = verificationFlags
     }
 
     public var isCertificateVerificationFailure: Bool { verification != nil }
 
+    /// The chain failed only because a certificate (or CRL) is not valid yet: on a device that
+    /// booted without a real-time clock the clock is behind, and a retry after it is set works.
+    public var isOnlyNotYetValid: Bool {
+        let future = UInt32(MBEDTLS_X509_BADCERT_FUTURE) | UInt32(MBEDTLS_X509_BADCRL_FUTURE)
+        return verificationFlags & future != 0 && verificationFlags & ~future == 0
+    }
+
     public var description: String {
+        // mbedTLS's X.509 parsers return a positive count of certificates they skipped.
+        if code > 0 { return "\(context): \(code) certificate(s) could not be parsed" }
         var buffer = [CChar](repeating: 0, count: 160)
         buffer.withUnsafeMutableBufferPointer { mbedtls_strerror(code, $0.baseAddress, $0.count) }
         let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)

@@ -20,6 +20,10 @@ private struct World: Sendable {
     var environment: [String: String] = ["AWSIOT_TUNNEL_ACCESS_TOKEN": environmentToken]
     var files: [String: String] = [:]
     var modes: [String: UInt32] = [:]
+    /// Owners of files, when not this process's user; symbolic links and their owners.
+    var owners: [String: UInt32] = [:]
+    var links: [String: UInt32] = [:]
+    static let user: UInt32 = 1000
 
     /// A token file with owner-only permissions, as the parser demands.
     mutating func tokenFile(_ path: String, _ contents: String, mode: UInt32 = 0o600) {
@@ -30,7 +34,11 @@ private struct World: Sendable {
     /// `realFiles`: read through the parser's own file reader, for `--config-dir`, whose files
     /// the parser finds by listing a real directory.
     func parse(_ arguments: [String], realFiles: Bool = false) throws(ConfigurationError) -> Command {
-        let environment = self.environment, files = self.files, modes = self.modes
+        let environment = self.environment, files = self.files, modes = self.modes, owners = self.owners, links = self.links
+        func status(_ path: String) -> FileStatus? {
+            guard let mode = modes[path] else { return nil }
+            return FileStatus(mode: mode, owner: owners[path] ?? World.user, linkOwner: links[path])
+        }
         func fakeRead(_ path: String) throws(ConfigurationError) -> String {
             guard let text = files[path] else { throw ConfigurationError("test: no such file \(path)") }
             return text
@@ -38,10 +46,10 @@ private struct World: Sendable {
         if realFiles {
             return try ConfigurationParser.parse(arguments, environment: { environment[$0] },
                                                  readFile: ConfigurationParser.defaultReadFile,
-                                                 permissions: { modes[$0] })
+                                                 fileStatus: status, userId: World.user)
         }
         return try ConfigurationParser.parse(arguments, environment: { environment[$0] },
-                                             readFile: fakeRead, permissions: { modes[$0] })
+                                             readFile: fakeRead, fileStatus: status, userId: World.user)
     }
 
     /// The configuration of a run; a thrown error fails the test with the parser's message.
@@ -346,6 +354,7 @@ private func tcp(_ host: String, _ port: UInt16, _ service: String = "") -> Serv
     @Test func configFileTokenIsNotReportedAsCommandLine() throws {
         var w = World()
         w.files["/etc/lp.conf"] = "access-token = ConfigToken0123\n"
+        w.modes["/etc/lp.conf"] = 0o600
         let c = try w.run(base + ["--config", "/etc/lp.conf"])
         #expect(c.accessToken == "ConfigToken0123")
         #expect(c.warnings.filter { $0.contains("process list") } == [])
@@ -364,6 +373,37 @@ private func tcp(_ host: String, _ port: UInt16, _ service: String = "") -> Serv
         w.tokenFile("/etc/tok", secret, mode: mode)
         let m = w.failure(base + ["--access-token-file", "/etc/tok"], mentioning: "chmod 600 /etc/tok", "/etc/tok")
         #expect(!m.contains(secret))
+    }
+
+    // A config file that holds the token is as secret as a token file.
+    @Test func configFileHoldingTheTokenMustBePrivate() throws {
+        var w = World()
+        w.files["/etc/lp.conf"] = "access-token = ConfigToken0123\n"
+        w.modes["/etc/lp.conf"] = 0o644
+        let m = w.failure(base + ["--config", "/etc/lp.conf"], mentioning: "/etc/lp.conf", "access-token", "chmod 600 /etc/lp.conf")
+        #expect(!m.contains("ConfigToken0123"))
+        // Without the token in it, a world-readable config file is fine.
+        w.files["/etc/lp.conf"] = "verbose = 5\n"
+        #expect(try w.run(base + ["--config", "/etc/lp.conf"]).verbosity == 5)
+    }
+
+    @Test func tokenFileOwnedBySomeoneElseIsRefused() throws {
+        var w = World()
+        w.tokenFile("/etc/tok", "FileToken0123")
+        w.owners["/etc/tok"] = 4242
+        w.failure(base + ["--access-token-file", "/etc/tok"], mentioning: "owned by uid 4242", "chown 1000 /etc/tok")
+        // Root's files are trusted (a root-run provisioning agent writes them).
+        w.owners["/etc/tok"] = 0
+        #expect(try w.run(base + ["--access-token-file", "/etc/tok"]).accessToken == "FileToken0123")
+    }
+
+    @Test func tokenFileBehindSomeoneElsesSymlinkIsRefused() throws {
+        var w = World()
+        w.tokenFile("/etc/tok", "FileToken0123")
+        w.links["/etc/tok"] = 4242
+        w.failure(base + ["--access-token-file", "/etc/tok"], mentioning: "symbolic link owned by uid 4242")
+        w.links["/etc/tok"] = World.user
+        #expect(try w.run(base + ["--access-token-file", "/etc/tok"]).accessToken == "FileToken0123")
     }
 
     @Test func tokenFileModeIsShownInOctal() {
@@ -508,16 +548,18 @@ private func tcp(_ host: String, _ port: UInt16, _ service: String = "") -> Serv
         LeakCase(name: "token file, bad client token", arguments: base + ["--access-token-file", "/t", "-i", "x"],
                  files: ["/t": secret], modes: ["/t": 0o600]),
         LeakCase(name: "config token with space", arguments: base + ["--config", "/c"],
-                 files: ["/c": "access-token = \(secret) x\n"]),
+                 files: ["/c": "access-token = \(secret) x\n"], modes: ["/c": 0o600]),
         LeakCase(name: "config token, later unknown line", arguments: base + ["--config", "/c"],
-                 files: ["/c": "access-token = \(secret)\nbogus = 1\n"]),
+                 files: ["/c": "access-token = \(secret)\nbogus = 1\n"], modes: ["/c": 0o600]),
         LeakCase(name: "config token misspelt", arguments: base + ["--config", "/c"],
                  files: ["/c": "access_token = \(secret)\n"]),
         LeakCase(name: "config token without '='", arguments: base + ["--config", "/c"],
                  files: ["/c": "access-token \(secret)\n"]),
         // CR LF lines: an error about one value must not quote the lines after it.
         LeakCase(name: "config token after a CR LF line", arguments: ["-d", "22", "--config", "/c"],
-                 files: ["/c": "region = us-east-1!\r\naccess-token = \(secret)\r\n"]),
+                 files: ["/c": "region = us-east-1!\r\naccess-token = \(secret)\r\n"], modes: ["/c": 0o600]),
+        LeakCase(name: "config token readable by others", arguments: base + ["--config", "/c"],
+                 files: ["/c": "access-token = \(secret)\n"], modes: ["/c": 0o644]),
     ]
 
     @Test(arguments: leakCases)

@@ -20,6 +20,7 @@ private enum Act: Equatable {
     case retry(UInt32, Int)
     case deliver(UInt32, [UInt8])
     case close(UInt32)
+    case reset(UInt32)
     case send(Decoded)
     case reconnect(SessionEndReason)
     case fatal(SessionEndReason)
@@ -63,6 +64,7 @@ private final class Harness {
             case .scheduleRetry(let id, let ms): out.append(.retry(id.rawValue, ms))
             case .deliver(let id, let view): out.append(.deliver(id.rawValue, Array(view)))
             case .closeLocal(let id): out.append(.close(id.rawValue))
+            case .resetLocal(let id): out.append(.reset(id.rawValue))
             case .send(let message): out.append(.send(Decoded(message)))
             case .log(let level, let text): logs.append((level, text))
             case .reconnect(let reason): out.append(.reconnect(reason))
@@ -77,13 +79,21 @@ private final class Harness {
     /// compared sorted.
     private func sortingCloseRuns(_ acts: [Act]) -> [Act] {
         var out: [Act] = []
-        var run: [UInt32] = []
+        var closes: [UInt32] = []
+        var resets: [UInt32] = []
         func flush() {
-            out += run.sorted().map { Act.close($0) }
-            run = []
+            out += closes.sorted().map { Act.close($0) } + resets.sorted().map { Act.reset($0) }
+            closes = []
+            resets = []
         }
         for act in acts {
-            if case .close(let id) = act { run.append(id) } else { flush(); out.append(act) }
+            switch act {
+            case .close(let id) where resets.isEmpty: closes.append(id)
+            case .reset(let id) where closes.isEmpty: resets.append(id)
+            default:
+                flush()
+                if case .close(let id) = act { closes.append(id) } else if case .reset(let id) = act { resets.append(id) } else { out.append(act) }
+            }
         }
         flush()
         return out
@@ -131,6 +141,7 @@ private final class Harness {
     }
     func retryFired(_ id: UInt32) -> [Act] { record { session.retryTimerFired(LocalConnectionID(id), into: &$0) } }
     func localClosed(_ id: UInt32) -> [Act] { record { session.localClosed(LocalConnectionID(id), into: &$0) } }
+    func stalled(_ id: UInt32) -> [Act] { record { session.localStalled(LocalConnectionID(id), milliseconds: 1500, into: &$0) } }
     func closeAll() -> [Act] { record { session.closeAll(into: &$0) } }
 
     func header(_ id: UInt32) -> Decoded? { session.dataHeader(for: LocalConnectionID(id)).map { Decoded($0) } }
@@ -474,6 +485,48 @@ struct DestinationSessionTests {
         #expect(h.start(3, "SSH", c: 1) == [.connect(1, ssh)])
     }
 
+    // A service id longer than the framing reserves room for must never be adopted: the first
+    // local read would frame its DATA past the reservation.
+    @Test func overlongServiceIdIsNeverAdopted() {
+        let long = String(repeating: "S", count: TunnelMessage.maximumServiceIdLength + 1)
+        let h = Harness([unnamed(ssh)])
+        #expect(h.serviceIds([long]) == [])
+        #expect(h.logged(.error, "longer than 128 bytes"))
+        #expect(h.start(1, long, c: 1) == [sentStreamReset(1, long)])
+        #expect(h.logged(.error, "longer than 128 bytes"))
+        #expect(h.session.connectionCount == 0)
+        // An id of exactly the limit still works.
+        let limit = String(repeating: "L", count: TunnelMessage.maximumServiceIdLength)
+        #expect(h.start(2, limit, c: 1) == [.connect(1, ssh)])
+        #expect(h.header(1) == header(2, limit, 1))
+    }
+
+    @Test func overlongServiceIdWithoutServiceIdsIsReset() {
+        let long = String(repeating: "x", count: 4000)
+        let h = Harness([unnamed(ssh)])
+        #expect(h.start(7, long, c: 1) == [sentStreamReset(7, long)])
+        #expect(h.session.connectionCount == 0)
+        // The log shows a bounded, escaped prefix, not the 4000 bytes.
+        #expect(h.logged(.error, "(4000 bytes)"))
+    }
+
+    @Test func serviceIdsListIsBounded() {
+        let h = Harness([named("SSH", ssh)])
+        let many = (0..<1000).map { "S\($0)" } + ["SSH"]
+        var message = TunnelMessage(type: .serviceIds)
+        message.availableServiceIds = many.map { Array($0.utf8) }
+        let (ids, refused) = message.checkedServiceIds
+        #expect(ids.count == TunnelMessage.maximumServiceIdCount)
+        #expect(refused.count == 1 && refused[0].contains("more than 16"))
+        // The mapped SSH is past the limit, so the tunnel's (first 16) services are not mapped.
+        #expect(h.serviceIds(many) == [.fatal(.serviceMismatch(missing: ids, tunnel: ids))])
+    }
+
+    @Test func peerServiceIdsAreEscapedInLogs() {
+        #expect(loggableServiceId(Array("a\nb\"c\\".utf8)) == #""a\x0ab\x22c\x5c""#)
+        #expect(loggableServiceId(Array(repeating: 0x41, count: 65)) == "\"" + String(repeating: "A", count: 64) + "\"... (65 bytes)")
+    }
+
     @Test func v1StreamStartWithSeveralMappingsIsReset() {
         let h = Harness([named("SSH", ssh), named("HTTP", http)])
         #expect(h.start(4) == [sentStreamReset(4)])
@@ -490,13 +543,34 @@ struct DestinationSessionTests {
 
     // MARK: Session end and local ids
 
-    @Test func closeAllClosesEveryConnection() {
+    @Test func stalledV3ConnectionIsResetAloneAndTheStreamLives() {
+        let h = Harness([named("SSH", ssh)])
+        #expect(h.start(1, "SSH", c: 1) == [.connect(1, ssh)])
+        #expect(h.connectionStart(1, "SSH", c: 2) == [.connect(2, ssh)])
+        #expect(h.connected(1) == [] && h.connected(2) == [])
+        #expect(h.stalled(1) == [.reset(1), sentConnectionReset(1, "SSH", 1)])
+        #expect(h.logged(.warning, "1500 ms", "--stall-timeout-ms"))
+        #expect(h.data(1, "SSH", c: 1, "late") == [])
+        #expect(h.data(1, "SSH", c: 2, "ok") == [deliver(2, "ok")])
+        #expect(h.stalled(1) == [.reset(1)])
+    }
+
+    @Test func stalledV2ConnectionResetsItsStream() {
+        let h = Harness([named("SSH", ssh)])
+        #expect(h.start(4, "SSH") == [.connect(1, ssh)])
+        #expect(h.connected(1) == [])
+        #expect(h.stalled(1) == [.reset(1), sentStreamReset(4, "SSH")])
+        #expect(h.header(1) == nil)
+        #expect(h.start(5, "SSH") == [.connect(2, ssh)])
+    }
+
+    @Test func closeAllResetsEveryConnection() {
         let h = Harness([named("SSH", ssh), named("VNC", vnc)])
         #expect(h.start(1, "SSH", c: 1) == [.connect(1, ssh)])
         #expect(h.connectionStart(1, "SSH", c: 2) == [.connect(2, ssh)])
         #expect(h.start(1, "VNC") == [.connect(3, vnc)])
         #expect(h.connected(1) == [] && h.connected(3) == [])
-        #expect(h.closeAll() == [.close(1), .close(2), .close(3)])
+        #expect(h.closeAll() == [.reset(1), .reset(2), .reset(3)])
         #expect(h.session.connectionCount == 0)
         #expect(h.header(1) == nil && h.header(2) == nil && h.header(3) == nil)
         #expect(h.data(1, "SSH", c: 1, "x") == [])

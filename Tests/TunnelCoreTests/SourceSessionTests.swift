@@ -18,6 +18,7 @@ private enum Act: Equatable {
     case listen(Int, String, UInt16)
     case deliver(UInt32, [UInt8])
     case close(UInt32)
+    case reset(UInt32)
     case send(Decoded)
     case reconnect(SessionEndReason)
     case fatal(SessionEndReason)
@@ -81,6 +82,7 @@ private final class Harness {
             case .listen(let service, let serviceId, let port): out.append(.listen(service, serviceId, port))
             case .deliver(let id, let view): out.append(.deliver(id.rawValue, Array(view)))
             case .closeLocal(let id): out.append(.close(id.rawValue))
+            case .resetLocal(let id): out.append(.reset(id.rawValue))
             case .send(let message): out.append(.send(Decoded(message)))
             case .log(let level, let text): logs.append((level, text))
             case .reconnect(let reason): out.append(.reconnect(reason))
@@ -94,17 +96,24 @@ private final class Harness {
     /// seed). The order of consecutive closes carries no meaning, so each run is sorted.
     private func sortingCloseRuns(_ acts: [Act]) -> [Act] {
         var out: [Act] = []
-        var run: [UInt32] = []
+        var closes: [UInt32] = []
+        var resets: [UInt32] = []
+        func flush() {
+            out += closes.sorted().map { Act.close($0) } + resets.sorted().map { Act.reset($0) }
+            closes = []
+            resets = []
+        }
         for act in acts {
-            if case .close(let id) = act {
-                run.append(id)
-            } else {
-                out += run.sorted().map { Act.close($0) }
-                run = []
-                out.append(act)
+            switch act {
+            case .close(let id) where resets.isEmpty: closes.append(id)
+            case .reset(let id) where closes.isEmpty: resets.append(id)
+            default:
+                flush()
+                if case .close(let id) = act { closes.append(id) } else if case .reset(let id) = act { resets.append(id) } else { out.append(act) }
             }
         }
-        return out + run.sorted().map { Act.close($0) }
+        flush()
+        return out
     }
 
     private func record(_ body: (inout [SourceAction]) -> Void) -> [Act] {
@@ -155,6 +164,7 @@ private final class Harness {
         return [id.map { Act.accepted($0.rawValue) } ?? .refused] + convert(actions)
     }
     func localClosed(_ id: UInt32) -> [Act] { record { session.localClosed(LocalConnectionID(id), into: &$0) } }
+    func stalled(_ id: UInt32) -> [Act] { record { session.localStalled(LocalConnectionID(id), milliseconds: 1500, into: &$0) } }
     func closeAll() -> [Act] { record { session.closeAll(into: &$0) } }
 
     func header(_ id: UInt32) -> Decoded? { session.dataHeader(for: LocalConnectionID(id)).map { Decoded($0) } }
@@ -573,12 +583,32 @@ struct SourceSessionTests {
         #expect(h.header(2) == nil && h.header(3) == nil)
     }
 
-    @Test func closeAllClosesEveryConnection() {
+    @Test func stalledConnectionIsResetOnBothSidesAndTheStreamLives() {
+        let h = Harness([named("SSH", 2222)], tunnel: ["SSH"])
+        #expect(h.accept(0) == [.accepted(1), sentStreamStart(1, "SSH", c: 1)])
+        #expect(h.accept(0) == [.accepted(2), sentConnectionStart(1, "SSH", c: 2)])
+        #expect(h.stalled(1) == [.reset(1), sentConnectionReset(1, "SSH", c: 1)])
+        #expect(h.logged(.warning, "1500 ms", "--stall-timeout-ms"))
+        #expect(h.header(1) == nil)
+        #expect(h.header(2) == dataHeader(1, "SSH", c: 2))
+        // Already forgotten: only the local reset, nothing sent twice.
+        #expect(h.stalled(1) == [.reset(1)])
+        #expect(h.localClosed(1) == [])
+    }
+
+    @Test func overlongServiceIdsAreNotListenedFor() {
+        let long = String(repeating: "H", count: TunnelMessage.maximumServiceIdLength + 1)
+        let h = Harness([named("SSH", 2222)])
+        #expect(h.serviceIds(["SSH", long]) == [.listen(0, "SSH", 2222)])
+        #expect(h.logged(.error, "longer than 128 bytes"))
+    }
+
+    @Test func closeAllResetsEveryConnection() {
         let h = Harness([named("SSH", 2222), named("HTTP", 8080)], tunnel: ["SSH", "HTTP"])
         #expect(h.accept(0) == [.accepted(1), sentStreamStart(1, "SSH", c: 1)])
         #expect(h.accept(1) == [.accepted(2), sentStreamStart(2, "HTTP", c: 1)])
         #expect(h.accept(0) == [.accepted(3), sentConnectionStart(1, "SSH", c: 2)])
-        #expect(h.closeAll() == [.close(1), .close(2), .close(3)])
+        #expect(h.closeAll() == [.reset(1), .reset(2), .reset(3)])
         #expect(h.session.connectionCount == 0)
         #expect(h.header(1) == nil && h.header(2) == nil && h.header(3) == nil)
         #expect(h.localClosed(1) == [])

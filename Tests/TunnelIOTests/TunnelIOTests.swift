@@ -1,3 +1,4 @@
+import CLibUV
 import Testing
 import TunnelCore
 @testable import TunnelIO
@@ -90,6 +91,50 @@ struct TunnelIOTests {
         server?.close()
         listener.close()
         finish(loop)
+    }
+
+    // A cut-off transfer must not look complete: closeWithReset gives the peer ECONNRESET where
+    // close() (or shutdown) would give it a clean end of file.
+    @Test(arguments: [true, false])
+    func closeWithResetIsSeenAsAResetNotAnEnd(reset: Bool) throws {
+        let loop = try EventLoop()
+        let listener = Listener(loop: loop)
+        var server: Stream? = nil
+        try listener.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!) { server = $0 }
+        let port = try #require(listener.localAddress).port
+        let client = Stream(loop: loop, kind: .tcp)
+        var connected = false
+        client.connect(to: SocketAddress(ip: "127.0.0.1", port: port)!) { error in
+            #expect(error == nil)
+            connected = true
+        }
+        run(loop, until: { connected && server != nil })
+        #expect(client.setKeepAlive(idle: 30, interval: 10, count: 3) == nil)
+        let ring = try RingBuffer(minimumCapacity: 4096)
+        var outcome: Int32? = nil
+        client.allocate = { ring.writableSpans.0 }
+        client.onRead = { result in
+            switch result {
+            case .success(let n): ring.commit(n); ring.consume(n)
+            case .failure(let error): outcome = error.code
+            }
+        }
+        client.startReading()
+        if reset { server?.closeWithReset() } else { server?.close() }
+        run(loop, until: { outcome != nil })
+        #expect(outcome == (reset ? Int32(UV_ECONNRESET.rawValue) : UVError.endOfFile))
+        client.close()
+        listener.close()
+        finish(loop)
+    }
+
+    @Test func loopbackAddresses() {
+        #expect(SocketAddress(ip: "127.0.0.1", port: 1)!.isLoopback)
+        #expect(SocketAddress(ip: "127.3.2.1", port: 1)!.isLoopback)
+        #expect(SocketAddress(ip: "::1", port: 1)!.isLoopback)
+        #expect(!SocketAddress(ip: "0.0.0.0", port: 1)!.isLoopback)
+        #expect(!SocketAddress(ip: "10.0.0.1", port: 1)!.isLoopback)
+        #expect(!SocketAddress(ip: "::", port: 1)!.isLoopback)
     }
 
     @Test func refusedConnectReportsTheError() throws {

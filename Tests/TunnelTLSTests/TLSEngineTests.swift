@@ -1,3 +1,4 @@
+import CMbedTLS
 import Foundation
 import Testing
 import TunnelCore
@@ -105,6 +106,31 @@ final class TLSEngineTests {
         var scratch = [UInt8](repeating: 0, count: 100)
         let (n, status) = try scratch.withUnsafeMutableBytes { try c.read(into: $0) }
         #expect(n == 0 && status == .done && c.receivedCloseNotify)
+    }
+
+    // mbedTLS's certificate parsers return a positive count of certificates they skipped; the
+    // emulator once trapped turning that into text.
+    @Test func positiveParserCountsAreDescribedNotTrapped() throws {
+        #expect(TLSError(2, "loading the certificate x.pem").description == "loading the certificate x.pem: 2 certificate(s) could not be parsed")
+        let certs = try TestCertificates.make()
+        defer { certs.remove() }
+        let bundle = certs.directory.appendingPathComponent("bundle.pem").path
+        let good = try String(contentsOfFile: certs.serverCertificate, encoding: .utf8)
+        let bad = "-----BEGIN CERTIFICATE-----\nTm90IGEgY2VydGlmaWNhdGUgYXQgYWxs\n-----END CERTIFICATE-----\n"
+        try (good + bad).write(toFile: bundle, atomically: true, encoding: .utf8)
+        let error = try #require(throws: TLSError.self) {
+            _ = try TLSConfiguration.server(certificateFile: bundle, keyFile: certs.serverKey, random: SecureRandom())
+        }
+        #expect(error.description.contains("could not be parsed") || error.code < 0)
+    }
+
+    @Test func onlyNotYetValidIsTellingOfAClockBehind() {
+        let future = UInt32(MBEDTLS_X509_BADCERT_FUTURE)
+        let untrusted = UInt32(MBEDTLS_X509_BADCERT_NOT_TRUSTED)
+        #expect(TLSError(-1, "v", verification: "x", verificationFlags: future).isOnlyNotYetValid)
+        #expect(!TLSError(-1, "v", verification: "x", verificationFlags: future | untrusted).isOnlyNotYetValid)
+        #expect(!TLSError(-1, "v", verification: "x", verificationFlags: untrusted).isOnlyNotYetValid)
+        #expect(!TLSError(-1, "v").isOnlyNotYetValid)
     }
 
     @Test func untrustedCertificateFailsWithAClearReason() throws {
