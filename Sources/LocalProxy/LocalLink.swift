@@ -78,10 +78,11 @@ final class LocalLink {
 
     var queuedTowardLocal: Int { toLocal.readableCount }
 
-    /// Milliseconds this link has held the tunnel back without the local application taking
-    /// any byte (0 when it is not holding the tunnel back).
+    /// Milliseconds the local application has taken no byte while this link holds the tunnel
+    /// back, or while it is closing with bytes still to write (0 otherwise).
     func stalledMilliseconds(now: UInt64) -> UInt64 {
-        congested && now > lastProgress ? now - lastProgress : 0
+        let waiting = congested || (state == .closing && toLocal.readableCount > 0)
+        return waiting && now > lastProgress ? now - lastProgress : 0
     }
 
     // MARK: Connecting
@@ -308,6 +309,7 @@ final class LocalLink {
             finishClosing()
         case .open:
             state = .closing
+            lastProgress = loop.now
             stream?.stopReading()
             readEnded = true
             pendingFrame = 0

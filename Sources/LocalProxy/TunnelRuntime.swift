@@ -36,7 +36,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     private(set) var stopping = false
     private var exitCode: Int32? = nil
     private let reconnectTimer: Timer
-    /// Checks congested links against `--stall-timeout-ms` while any holds the tunnel back.
+    /// Checks links against `--stall-timeout-ms` while there are any.
     private let stallTimer: Timer
     private var stallTimerRunning = false
     /// After the tunnel is gone at exit: links still writing after the grace period are reset.
@@ -310,18 +310,23 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         links[link.id] = nil
         waitingForTunnel.removeAll { $0 === link }
         if stopping && links.isEmpty { shutdownTimer.close() }
+        watchStalls()
     }
 
     func linkCongestion(_ link: LocalLink, congested: Bool) {
         congestedLinks += congested ? 1 : -1
-        if congestedLinks == 0 {
+        if congestedLinks == 0 { tunnel?.resumeReading() }
+    }
+
+    /// Runs the stall checks while there are links: a few times per deadline, so a stall is
+    /// acted on within a quarter of it.
+    private func watchStalls() {
+        if links.isEmpty || stopping || configuration.stallTimeoutMilliseconds == 0 {
             if stallTimerRunning {
                 stallTimerRunning = false
                 stallTimer.stop()
             }
-            tunnel?.resumeReading()
-        } else if !stallTimerRunning && !stopping && configuration.stallTimeoutMilliseconds > 0 {
-            // Checked a few times per deadline, so a stall is acted on within a quarter of it.
+        } else if !stallTimerRunning {
             let period = UInt64(max(50, configuration.stallTimeoutMilliseconds / 4))
             stallTimerRunning = true
             stallTimer.start(after: period, repeat: period) { [self] in checkStalls() }
@@ -331,6 +336,8 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     /// Resets every link that has held the tunnel back for the stall deadline without taking a
     /// byte: the protocol has no per-connection flow control, so one local application that
     /// stops reading would otherwise stop every connection of the tunnel (docs/RELIABILITY.md).
+    /// A closing link that cannot write what it holds is reset too, so that it does not keep its
+    /// buffers and socket forever.
     private func checkStalls() {
         let limit = UInt64(configuration.stallTimeoutMilliseconds)
         let now = loop.now
@@ -360,6 +367,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         do {
             let link = try LocalLink(id: id, owner: self, loop: loop, logger: logger, maximumPayload: configuration.maximumPayload)
             links[id] = link
+            watchStalls()
             return link
         } catch {
             logger.error("cannot allocate buffers for a local connection: \(error)")

@@ -103,6 +103,8 @@ class LocalConnection:
     data: bytearray = field(default_factory=bytearray)
     digest: object = field(default_factory=hashlib.sha256)
     eof: bool = False
+    # The proxy ended the connection with a TCP reset (ECONNRESET), not a clean end of file.
+    reset: bool = False
     closed: bool = False
     writer: asyncio.StreamWriter | None = None
 
@@ -188,6 +190,8 @@ class LocalServer(Waitable):
         self._tasks.add(task)
         try:
             await self.serve(conn, reader, writer)
+        except ConnectionResetError:
+            conn.reset = True
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -295,6 +299,34 @@ class PatternServer(LocalServer):
         writer.close()
         await writer.wait_closed()
         self._notify()
+
+
+class StuckSink(LocalServer):
+    """Accepts and never reads until `release()`: a local application that has hung.
+
+    The small receive buffer makes the proxy meet a full socket after a few kilobytes. Once
+    released it reads everything, and a reset from the proxy is recorded (`conn.reset`).
+    """
+
+    name = "stuck-sink"
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("rcvbuf", 16 * 1024)
+        kwargs.setdefault("reader_limit", 16 * 1024)
+        super().__init__(**kwargs)
+        self.released = asyncio.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def serve(self, conn, reader, writer):
+        await self.released.wait()
+        while True:
+            chunk = await reader.read(1 << 18)
+            if not chunk:
+                conn.eof = True
+                return
+            self._received(conn, chunk)
 
 
 class SlowSink(LocalServer):

@@ -843,7 +843,9 @@ class TunnelService(Waitable):
         return f"{self.endpoint_host}:{self.port}"
 
     async def __aenter__(self):
-        cert, key = {
+        # A (certificate, key) pair of paths may be given instead of a name, for certificates
+        # made by one test (e.g. one that is not valid yet).
+        cert, key = self.server_cert if isinstance(self.server_cert, tuple) else {
             "good": (self.certs.server_cert, self.certs.server_key),
             "other-ca": (self.certs.other_server_cert, self.certs.other_server_key),
             "wrong-name": (self.certs.wrong_name_cert, self.certs.wrong_name_key),
