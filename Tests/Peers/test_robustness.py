@@ -188,6 +188,9 @@ def test_control_queue_stays_bounded_when_the_service_stops_reading(localproxy, 
                 print(f"flood of {count} STREAM_START: sender finished={bool(done)}, RSS growth {growth} KiB")
                 assert growth < 16 * 1024, f"RSS grew {growth} KiB"
                 assert not done, "the proxy took every message although nobody read its answers"
+                # One error line per refused stream would flood a gateway's log: it is limited.
+                assert len(proxy.lines) < 2000, f"{len(proxy.lines)} log lines for the flood"
+                assert any("left out in the last second" in line for line in proxy.lines)
                 assert proxy.returncode is None
                 sender.cancel()
 
