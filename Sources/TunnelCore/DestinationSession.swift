@@ -199,8 +199,9 @@ public final class DestinationSession {
         case .streamReset: handleStreamReset(message, &actions)
         case .connectionReset: handleConnectionReset(message, &actions)
         case .sessionReset:
-            actions.append(.log(.info, "session reset by the service: closing every local connection"))
-            for index in services.indices { endStream(index, &actions) }
+            // The service lost the other side: whatever the connections carried is cut off.
+            actions.append(.log(.info, "session reset by the service: resetting every local connection"))
+            for index in services.indices { endStream(index, abort: true, &actions) }
         case .serviceIds: handleServiceIds(message, &actions)
         default:
             if message.ignorable {
@@ -369,8 +370,13 @@ public final class DestinationSession {
             actions.append(.log(.debug, "ignoring \(describe(message)): no such active stream"))
             return
         }
-        actions.append(.log(.info, "\(describe(message)): closing its \(stream.connections.count) local connection(s)"))
-        endStream(index, &actions)
+        // In V1/V2 a STREAM_RESET is how the source says its one connection closed: what was
+        // sent before it is delivered, then a FIN. In V3 connections close with CONNECTION_RESET;
+        // a STREAM_RESET ends the stream abnormally (the source went away), so its connections
+        // are reset and their applications cannot take a cut-off transfer for a complete one.
+        let abort = stream.format == .v3
+        actions.append(.log(.info, "\(describe(message)): \(abort ? "resetting" : "closing") its \(stream.connections.count) local connection(s)"))
+        endStream(index, abort: abort, &actions)
     }
 
     private func handleConnectionReset(_ message: TunnelMessage, _ actions: inout [DestinationAction]) {

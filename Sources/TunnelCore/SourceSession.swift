@@ -100,8 +100,12 @@ public final class SourceSession {
                 actions.append(.log(.debug, "ignoring STREAM_RESET for stream \(message.streamId): not active"))
                 return
             }
-            actions.append(.log(.info, "the destination reset stream \(message.streamId) of \(label(index)): closing its connections"))
-            endStream(index, &actions)
+            // V1/V2: the normal end of the stream's one connection (delivered, then a FIN). V3:
+            // connections end with CONNECTION_RESET, so a STREAM_RESET is abnormal and its
+            // connections are reset.
+            let abort = format == .v3
+            actions.append(.log(.info, "the destination reset stream \(message.streamId) of \(label(index)): \(abort ? "resetting" : "closing") its connections"))
+            endStream(index, abort: abort, &actions)
         case .connectionReset:
             guard let (index, connectionId) = route(message), let id = services[index].connections[connectionId] else {
                 actions.append(.log(.debug, "ignoring CONNECTION_RESET for stream \(message.streamId) connection \(message.connectionId): not open"))
@@ -112,8 +116,8 @@ public final class SourceSession {
             actions.append(.log(.debug, "the destination closed connection \(connectionId) of \(label(index))"))
             actions.append(.closeLocal(id))
         case .sessionReset:
-            actions.append(.log(.info, "session reset by the service: closing every local connection"))
-            for i in services.indices { endStream(i, &actions) }
+            actions.append(.log(.info, "session reset by the service: resetting every local connection"))
+            for i in services.indices { endStream(i, abort: true, &actions) }
         case .streamStart, .connectionStart:
             actions.append(.log(.warning, "ignoring \(message.type) sent to the source (only a source starts streams)"))
         default:

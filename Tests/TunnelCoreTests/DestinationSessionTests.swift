@@ -359,12 +359,12 @@ struct DestinationSessionTests {
         #expect(h.data(1, "SSH", c: 1, "s") == [deliver(1, "s")])
         #expect(h.data(1, "HTTP", c: 1, "h") == [deliver(2, "h")])
         #expect(h.header(2) == header(1, "HTTP", 1))
-        #expect(h.streamReset(1, "HTTP") == [.close(2)])
+        #expect(h.streamReset(1, "HTTP") == [.reset(2)])
         #expect(h.data(1, "SSH", c: 1, "s2") == [deliver(1, "s2")])
         #expect(h.data(1, "HTTP", c: 1, "h2") == [])
         #expect(h.start(2, "HTTP", c: 1) == [.connect(3, http)])
         #expect(h.connectionStart(1, "SSH", c: 2) == [.connect(4, ssh)])
-        #expect(h.sessionReset() == [.close(1), .close(3), .close(4)])
+        #expect(h.sessionReset() == [.reset(1), .reset(3), .reset(4)])
         #expect(h.session.connectionCount == 0)
         #expect(h.data(1, "SSH", c: 1, "x") == [] && h.data(2, "HTTP", c: 1, "x") == [])
     }
@@ -375,7 +375,7 @@ struct DestinationSessionTests {
         #expect(h.start(2, "SSH", c: 1) == [.connect(1, ssh)])
         #expect(h.streamReset(1, "SSH") == [])
         #expect(h.data(2, "SSH", c: 1, "x") == [deliver(1, "x")])
-        #expect(h.streamReset(2, "SSH") == [.close(1)])
+        #expect(h.streamReset(2, "SSH") == [.reset(1)])
         #expect(h.streamReset(2, "SSH") == [])
     }
 
@@ -450,7 +450,7 @@ struct DestinationSessionTests {
     @Test func connectCompletingAfterItsStreamEndedIsClosed() {
         let h = Harness([named("SSH", ssh)])
         #expect(h.start(1, "SSH", c: 1) == [.connect(1, ssh)])
-        #expect(h.streamReset(1, "SSH") == [.close(1)])
+        #expect(h.streamReset(1, "SSH") == [.reset(1)])
         #expect(h.connected(1) == [.close(1)])
         #expect(h.failed(1) == [])
         #expect(h.retryFired(1) == [])
@@ -591,7 +591,7 @@ struct DestinationSessionTests {
         #expect(h.start(2, "SSH", c: 1) == [.close(100), .close(102), .connect(103, ssh)])
         #expect(h.start(1, "HTTP") == [.connect(104, http)])
         #expect(h.failed(104) == [.close(104), sentStreamReset(1, "HTTP")])
-        #expect(h.sessionReset() == [.close(103)])
+        #expect(h.sessionReset() == [.reset(103)])
         #expect(h.start(3, "SSH", c: 1) == [.connect(105, ssh)])
         #expect(h.session.nextLocalConnectionId == 106)
 

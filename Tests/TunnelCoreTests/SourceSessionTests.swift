@@ -288,7 +288,7 @@ struct SourceSessionTests {
         let h = Harness([named("SSH", 2222)], tunnel: ["SSH"])
         #expect(h.accept() == [.accepted(1), sentStreamStart(1, "SSH", c: 1)])
         #expect(h.accept() == [.accepted(2), sentConnectionStart(1, "SSH", c: 2)])
-        #expect(h.streamReset(1, "SSH") == [.close(1), .close(2)])
+        #expect(h.streamReset(1, "SSH") == [.reset(1), .reset(2)])
         #expect(h.logged(.info, "1"))
         #expect(h.session.connectionCount == 0)
         // The runtime reports the sockets it closed: no reset goes back.
@@ -306,7 +306,7 @@ struct SourceSessionTests {
         #expect(h.accept(0) == [.accepted(1), sentStreamStart(1, "SSH", c: 1)])
         #expect(h.accept(0) == [.accepted(2), sentConnectionStart(1, "SSH", c: 2)])
         #expect(h.accept(1) == [.accepted(3), sentStreamStart(2, "HTTP", c: 1)])
-        #expect(h.sessionReset() == [.close(1), .close(2), .close(3)])
+        #expect(h.sessionReset() == [.reset(1), .reset(2), .reset(3)])
         #expect(h.session.connectionCount == 0)
         #expect(h.header(1) == nil && h.header(2) == nil && h.header(3) == nil)
         #expect(h.data(1, "SSH", c: 1, "x") == [] && h.data(2, "HTTP", c: 1, "x") == [])
@@ -315,7 +315,7 @@ struct SourceSessionTests {
         #expect(h.accept(1) == [.accepted(4), sentStreamStart(3, "HTTP", c: 2)])
         #expect(h.accept(0) == [.accepted(5), sentStreamStart(4, "SSH", c: 3)])
         // Nothing active: a second reset has nothing to close.
-        #expect(h.sessionReset() == [.close(4), .close(5)])
+        #expect(h.sessionReset() == [.reset(4), .reset(5)])
         #expect(h.sessionReset() == [])
     }
 
@@ -329,7 +329,7 @@ struct SourceSessionTests {
         // Joining the stream takes no stream id.
         #expect(h.accept() == [.accepted(2), sentConnectionStart(42, "SSH", c: 2)])
         #expect(h.session.nextStreamId == 43)
-        #expect(h.streamReset(42, "SSH") == [.close(1), .close(2)])
+        #expect(h.streamReset(42, "SSH") == [.reset(1), .reset(2)])
         #expect(h.accept() == [.accepted(3), sentStreamStart(43, "SSH", c: 3)])
         #expect(h.session.nextStreamId == 44)
 
@@ -481,7 +481,7 @@ struct SourceSessionTests {
         #expect(h.streamReset(2) == [])
         #expect(h.session.connectionCount == 1)
         #expect(h.data(1, "SSH", c: 1, "x") == [deliver(1, "x")])
-        #expect(h.streamReset(1) == [.close(1)])
+        #expect(h.streamReset(1) == [.reset(1)])
         #expect(h.streamReset(1, "SSH") == [])
     }
 
@@ -579,7 +579,7 @@ struct SourceSessionTests {
         #expect(h.connectionReset(1, "SSH", c: 1) == [.close(1)])
         #expect(h.header(1) == nil)
         #expect(h.header(2) == dataHeader(1, "SSH", c: 2))
-        #expect(h.streamReset(1, "SSH") == [.close(2), .close(3)])
+        #expect(h.streamReset(1, "SSH") == [.reset(2), .reset(3)])
         #expect(h.header(2) == nil && h.header(3) == nil)
     }
 
