@@ -252,6 +252,9 @@ public enum ConfigurationParser {
         }
         c.mode = resolvedMode
         c.bindAddress = last("local-bind-address")
+        if c.bindAddress?.isEmpty == true {
+            throw ConfigurationError("-b/--local-bind-address needs an address, e.g. -b 127.0.0.1 (leave it out for the default)")
+        }
         c.configDirectory = last("config-dir")
 
         // Endpoint: exactly one of -e and -r (the environment fills in when neither is given).

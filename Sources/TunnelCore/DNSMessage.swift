@@ -147,6 +147,8 @@ public struct DNSName: Equatable, Sendable, CustomStringConvertible {
             guard length <= 63 else { throw .labelTooLong(labelLength(t, from: offset - 63)) }
             out.append(c >= 0x41 && c <= 0x5A ? c + 0x20 : c)
         }
+        // "a.." loses one dot above and ends in an empty label here (found by Fuzz/).
+        guard length > 0 else { throw .emptyLabel(at: t.count) }
         out[lengthAt] = UInt8(length)
         out.append(0)
         wire = out

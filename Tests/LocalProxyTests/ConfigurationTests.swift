@@ -585,6 +585,8 @@ private func tcp(_ host: String, _ port: UInt16, _ service: String = "") -> Serv
         #expect(try destinations("22") == [tcp("127.0.0.1", 22)])
         #expect(try destinations("22", bind: "10.0.0.5") == [tcp("10.0.0.5", 22)])
         #expect(try world.run(["-b", "10.0.0.5", "-r", "us-east-1", "-d", "22"]).bindAddress == "10.0.0.5")
+        // Found by the config-file fuzz target: an empty address made every bare port host "".
+        world.failure(["-b", "", "-r", "us-east-1", "-d", "22"], mentioning: "-b/--local-bind-address needs an address")
         #expect(try destinations("localhost:8080") == [tcp("localhost", 8080)])
         // An explicit host is kept even when -b is given: -b only fills in missing hosts.
         #expect(try destinations("localhost:8080", bind: "10.0.0.5") == [tcp("localhost", 8080)])

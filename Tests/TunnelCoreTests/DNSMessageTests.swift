@@ -136,6 +136,8 @@ private func compressedResponse() -> [UInt8] {
         #expect(throws: DNSError.emptyName) { try DNSName(".") }
         #expect(throws: DNSError.emptyLabel(at: 2)) { try DNSName("a..b") }
         #expect(throws: DNSError.emptyLabel(at: 0)) { try DNSName(".a") }
+        // Found by the dns-message fuzz target: the second dot made an empty last label.
+        #expect(throws: DNSError.emptyLabel(at: 2)) { try DNSName("a..") }
         #expect(throws: DNSError.invalidCharacter(0x20, at: 3)) { try DNSName("exa mple.com") }
         #expect(throws: DNSError.invalidCharacter(0xC3, at: 0)) { try DNSName("é.com") }
         #expect(throws: DNSError.invalidCharacter(0x3A, at: 9)) { try DNSName("localhost:22") }
