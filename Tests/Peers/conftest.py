@@ -182,3 +182,41 @@ def localproxy():
             pytrace=False,
         )
     return str(path)
+
+
+# Sanitizer and valgrind reports (make test-asan, make test-valgrind). With LP_SANITIZER_LOG_DIR
+# set, every ASan/UBSan-built process writes its reports to a file there (log_path; the file
+# exists only if there is a report) and scripts/valgrind-localproxy writes valgrind.PID.xml for
+# every process (a report is an <error> record in it). A report that appears while a test runs
+# fails that test, also when the test killed the process before its exit status could show it.
+# scripts/sanitizer-reports applies the same rule to the whole run.
+SANITIZER_LOG_DIR = os.environ.get("LP_SANITIZER_LOG_DIR")
+
+
+def _files_with_sanitizer_reports() -> set[str]:
+    found = set()
+    for entry in os.scandir(SANITIZER_LOG_DIR):
+        if not entry.name.startswith("valgrind."):
+            found.add(entry.name)
+        elif entry.name.endswith(".xml") and b"<error>" in Path(entry.path).read_bytes():
+            found.add(entry.name)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_sanitizer_reports():
+    if not SANITIZER_LOG_DIR:
+        yield
+        return
+    before = _files_with_sanitizer_reports()
+    yield
+    new = sorted(_files_with_sanitizer_reports() - before)
+    if new:
+        texts = []
+        for name in new:
+            text = (Path(SANITIZER_LOG_DIR) / name).read_text(errors="replace")
+            if name.endswith(".xml"):
+                text = "\n".join(re.findall(r"<error>.*?</error>", text, re.S))
+            texts.append(f"--- {name}\n{text[-6000:]}")
+        pytest.fail("sanitizer or valgrind reports from processes of this test:\n" + "\n".join(texts),
+                    pytrace=False)
