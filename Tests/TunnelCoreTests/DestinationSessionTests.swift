@@ -74,29 +74,15 @@ private final class Harness {
         return sortingCloseRuns(out)
     }
 
-    /// Closing a whole stream walks a dictionary, whose order changes from run to run (the hash
-    /// seed is per process); the order of those closes means nothing, so runs of closes are
-    /// compared sorted.
+    /// Runs of closes and of resets compared sorted (`sortingLocalRuns`, TestSupport.swift).
     private func sortingCloseRuns(_ acts: [Act]) -> [Act] {
-        var out: [Act] = []
-        var closes: [UInt32] = []
-        var resets: [UInt32] = []
-        func flush() {
-            out += closes.sorted().map { Act.close($0) } + resets.sorted().map { Act.reset($0) }
-            closes = []
-            resets = []
-        }
-        for act in acts {
+        sortingLocalRuns(acts, local: { act in
             switch act {
-            case .close(let id) where resets.isEmpty: closes.append(id)
-            case .reset(let id) where closes.isEmpty: resets.append(id)
-            default:
-                flush()
-                if case .close(let id) = act { closes.append(id) } else if case .reset(let id) = act { resets.append(id) } else { out.append(act) }
+            case .close(let id): return (0, id)
+            case .reset(let id): return (1, id)
+            default: return nil
             }
-        }
-        flush()
-        return out
+        }, make: { kind, id in kind == 0 ? .close(id) : .reset(id) })
     }
 
     /// Whether the last event logged a line at `level` containing every one of `words`.

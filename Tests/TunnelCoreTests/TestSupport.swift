@@ -51,3 +51,29 @@ func cut(_ data: [UInt8], _ lengths: [Int]) -> [[UInt8]] {
     }
     return out
 }
+
+/// Ending a stream or a session walks a dictionary, whose order changes from run to run (the
+/// hash seed is per process); the order of consecutive closes, or of consecutive resets, means
+/// nothing, so each such run is compared sorted. `local` tells whether an action is a close
+/// (kind 0) or a reset (kind 1) of a local connection, and of which; `make` rebuilds it.
+func sortingLocalRuns<Act>(_ acts: [Act], local: (Act) -> (kind: Int, id: UInt32)?, make: (Int, UInt32) -> Act) -> [Act] {
+    var out: [Act] = []
+    var run: [UInt32] = []
+    var runKind = -1
+    func flush() {
+        out += run.sorted().map { make(runKind, $0) }
+        run = []
+    }
+    for act in acts {
+        if let (kind, id) = local(act) {
+            if kind != runKind { flush(); runKind = kind }
+            run.append(id)
+        } else {
+            flush()
+            runKind = -1
+            out.append(act)
+        }
+    }
+    flush()
+    return out
+}
