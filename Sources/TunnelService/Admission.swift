@@ -121,6 +121,12 @@ public enum Admission {
                 ? "Invalid access token: No access token was provided (header access-token or cookie \(cookieName))."
                 : "Invalid access token: Exactly one access token must be provided, \(tokens.count) were found."))
         }
+        // What a client can send in the header: visible ASCII without spaces. A cookie value with
+        // a space (`token= abc`) would otherwise name a token no header could carry (found by
+        // the upgrade-request fuzz target).
+        for b in tokens[0].utf8 where b < 0x21 || b > 0x7E {
+            return .failure(Rejection(400, "Invalid access token: An access token is printable ASCII without spaces."))
+        }
         let clientTokens = request.headers.values("client-token")
         guard clientTokens.count <= 1 else {
             return .failure(Rejection(400, "Invalid client token: At most one client token may be provided."))

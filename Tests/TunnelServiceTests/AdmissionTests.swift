@@ -59,6 +59,14 @@ struct AdmissionRequestTests {
         #expect(status(request(token: "", extra: [])) == 400)
     }
 
+    // Found by the upgrade-request fuzz target: a cookie value can hold a space, which no
+    // access-token header can carry, so the same token would be admitted differently.
+    @Test func tokensAreVisibleASCIIWithoutSpaces() {
+        #expect(status(request(token: nil, extra: ["Cookie: awsiot-tunnel-token= LEADING"])) == 400)
+        #expect(status(request(token: nil, extra: ["Cookie: awsiot-tunnel-token=A B"])) == 400)
+        #expect(admitted(request(token: nil, extra: ["Cookie: awsiot-tunnel-token=AQGA\"x"]))?.accessToken == "AQGA\"x")
+    }
+
     @Test func clientTokenFormatAndCount() {
         #expect(status(request(extra: ["client-token: short"])) == 400)
         #expect(status(request(extra: ["client-token: " + String(repeating: "a", count: 129)])) == 400)
