@@ -216,11 +216,9 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
                 problem = p
             } else if let data = try? SystemAccess.readFile(file, limit: 8192) {
                 let text = trim(String(decoding: data, as: UTF8.self))
-                if text.isEmpty {
-                    problem = nil
-                } else if let p = accessTokenProblem(text) {
+                if let p = accessTokenProblem(text) {
                     problem = "\(file): \(p)"
-                } else {
+                } else if !text.isEmpty {
                     token = text
                 }
             } else {
