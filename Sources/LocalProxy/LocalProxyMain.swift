@@ -59,7 +59,9 @@ public enum LocalProxyMain {
             logger.fatal("\(error)")
             return ExitCode.configuration
         }
+        logger.attach(to: loop)
 
+        // The runtimes live until the loop is closed: close callbacks still reach them.
         switch configuration.mode {
         case .destination:
             for m in configuration.destinationMappings {
@@ -67,11 +69,13 @@ public enum LocalProxyMain {
             }
             let runtime = DestinationRuntime(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
             let code = runtime.run()
+            logger.finish()
             _ = loop.close()
             return code
         case .source:
             let runtime = SourceRuntime(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
             let code = runtime.run()
+            logger.finish()
             _ = loop.close()
             return code
         }

@@ -122,6 +122,9 @@ public class Handle {
         Unmanaged<T>.fromOpaque(handle!.pointee.data!).takeUnretainedValue()
     }
 
+    /// The handle no longer keeps `EventLoop.run()` going by itself (it must still be closed).
+    public func unref() { uv_unref(handle) }
+
     /// Closes the handle; `completion` runs once libuv has let go of it. Safe to call twice.
     public func close(_ completion: (() -> Void)? = nil) {
         guard !isClosing else { return }
