@@ -14,6 +14,10 @@
 #   make fuzz      libFuzzer on every parser, FUZZ_SECONDS each; make fuzz-replay: seeds + regressions
 #   make test-faults  fault-injection matrix: whole tunnels with a fault proxy on every leg (Tests/Peers/test_faults.py)
 #   make soak MINUTES=N  connections opening and closing through faults and forced reconnects; checksums, RSS, fds
+#   make install   the device layout (docs/GATEWAY.md): DESTDIR=, PREFIX= (/usr), BIN= (default: the Embedded static build of this machine)
+#   make deb       the Debian package of ARCH=amd64|arm64|armhf in .build-deb/ (builds the Embedded static binary if needed)
+#   make deb-check dpkg-deb and lintian checks of the .debs of DEB_CHECK_ARCHES (amd64 arm64 armhf)
+#   make test-packaging  the packaging tests alone: init scripts against the emulator, unit and script linters, the amd64 .deb
 
 SHELL        := /bin/bash
 SWIFT        ?= swift
@@ -23,6 +27,9 @@ TC           := $(abspath $(dir $(realpath $(SWIFTC)))/../..)
 VENV         := .venv
 PY           := $(VENV)/bin/python
 APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev m4
+# The packaging tests (Tests/Peers/test_packaging.py, docs/GATEWAY.md): shell and unit linters,
+# Debian's and BusyBox's start-stop-daemon, dpkg-deb and lintian for the .debs.
+APT_PACKAGES += shellcheck systemd busybox lintian dpkg-dev fakeroot
 PEERS        := Tests/Peers
 
 # Embedded build of the device binary.
@@ -32,6 +39,18 @@ PEERS        := Tests/Peers
 # with the Linux headers given to the C importer (design/BUILD.md), and clang links for Linux.
 ARCH         ?= x86_64
 LINK         ?= static
+# The Debian names of the same architectures (make deb ARCH=amd64|arm64|armhf).
+ifeq ($(ARCH),amd64)
+  override ARCH := x86_64
+else ifeq ($(ARCH),arm64)
+  override ARCH := aarch64
+else ifeq ($(ARCH),armhf)
+  override ARCH := armv7
+endif
+DEB_ARCH_x86_64  := amd64
+DEB_ARCH_aarch64 := arm64
+DEB_ARCH_armv7   := armhf
+DEB_ARCH         := $(DEB_ARCH_$(ARCH))
 EMB_DIR      := .build-embedded/$(ARCH)-$(LINK)
 LINUX_DEFS   := -Xcc -D__linux__ -Xcc -D__linux -Xcc -Dlinux -Xcc -D__gnu_linux__ -Xcc -D__unix__ -Xcc -D__unix -Xcc -Dunix
 XINC         := .build-embedded/include
@@ -142,6 +161,7 @@ EMB_OBJECTS    := $(addprefix $(EMB_DIR)/,$(addsuffix .o,$(DEVICE_MODULES)))
 CROSS_PACKAGES := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
                   libuv1-dev:arm64 libuv1-dev:armhf libmbedtls-dev:arm64 libmbedtls-dev:armhf qemu-user-static qemu-user
 
+.PHONY: install deb deb-check test-packaging
 .PHONY: all deps deps-apt deps-cross venv build test test-swift test-peers test-embedded aead-counts aead-counts-arch embedded mbedtls cross footprint footprint-check test-cross demo clean bench bench-tools
 
 all: build
@@ -446,6 +466,55 @@ demo: deps
 	$(SWIFT) build --product tunnel-service
 	scripts/demo.sh
 
+# Installation on a gateway (docs/GATEWAY.md): the binary, /etc/localproxy (settings, services.d;
+# the access token is the operator's to write), the systemd unit, the SysV init script and its
+# defaults, the BusyBox respawn script. Settings already there are kept. The state directory
+# /run/localproxy is made at run time (systemd's RuntimeDirectory=, the scripts' mkdir).
+# Paths in the unit and scripts follow PREFIX. The service user is the package's (postinst)
+# or the operator's to create.
+PREFIX           ?= /usr
+DESTDIR          ?=
+HOST_EMB_ARCH    := $(shell uname -m | sed -e 's/^armv7.*/armv7/' -e 's/^arm64$$/aarch64/')
+BIN              ?= .build-embedded/$(HOST_EMB_ARCH)-static/localproxy.stripped
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+PKG              := packaging
+PREFIX_PATHS      = sed -e 's|/usr/bin/localproxy|$(PREFIX)/bin/localproxy|g' -e 's|/usr/libexec/localproxy|$(PREFIX)/libexec/localproxy|g'
+install:
+	@test -x "$(BIN)" || { echo "install: no binary at $(BIN): run make embedded ARCH=$(HOST_EMB_ARCH), or give BIN=path"; exit 1; }
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/localproxy
+	install -d -m 0755 $(DESTDIR)/etc/localproxy $(DESTDIR)/etc/localproxy/services.d $(DESTDIR)/etc/default \
+	  $(DESTDIR)/etc/init.d $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(PREFIX)/libexec/localproxy
+	@for f in localproxy/localproxy.conf:localproxy.conf localproxy/services.d/example.conf:services.d/example.conf \
+	          default/localproxy:default; do \
+	  to=$(DESTDIR)/etc/$${f%%:*}; \
+	  if [ -e $$to ]; then echo "kept $$to"; else echo "install $$to"; install -m 0644 $(PKG)/$${f#*:} $$to || exit 1; fi; \
+	done
+	$(PREFIX_PATHS) $(PKG)/sysv/localproxy > $(DESTDIR)/etc/init.d/localproxy && chmod 0755 $(DESTDIR)/etc/init.d/localproxy
+	$(PREFIX_PATHS) $(PKG)/systemd/localproxy.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/localproxy.service \
+	  && chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/localproxy.service
+	$(PREFIX_PATHS) $(PKG)/busybox/localproxy-respawn > $(DESTDIR)$(PREFIX)/libexec/localproxy/localproxy-respawn \
+	  && chmod 0755 $(DESTDIR)$(PREFIX)/libexec/localproxy/localproxy-respawn
+
+# Debian packages (docs/GATEWAY.md), from the stripped Embedded static build of ARCH, which is
+# rebuilt when a source is newer. Only libc6 (and adduser, for the postinst) is depended on.
+DEB_DIR     := .build-deb
+VERSION     := $(shell sed -n 's/.*string = "\(.*\)".*/\1/p' Sources/LocalProxy/Version.swift)
+DEB_BIN     := .build-embedded/$(ARCH)-static/localproxy.stripped
+DEB_CHECK_ARCHES ?= amd64 arm64 armhf
+deb: $(DEB_BIN) | deps-apt
+	scripts/build-deb.sh $(DEB_ARCH) $(DEB_BIN) $(DEB_DIR)/stage-$(DEB_ARCH) $(DEB_DIR) $(VERSION)
+
+$(DEB_BIN): $(wildcard Sources/*/*.swift Sources/*/*.h) | $(if $(filter x86_64,$(ARCH)),deps-apt,deps-cross)
+	$(MAKE) embedded ARCH=$(ARCH) LINK=static
+
+deb-check: venv
+	LP_DEB_ARCHES="$(DEB_CHECK_ARCHES)" $(VENV)/bin/pytest -q $(PEERS)/test_packaging.py -k deb_file
+
+test-packaging: deps
+	$(SWIFT) build --product localproxy
+	$(SWIFT) build --product tunnel-service
+	$(PEER_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_packaging.py
+
 # Memory checkers. test-asan: the Swift tests and the peer tests with the host build under
 # AddressSanitizer, in its own scratch path (.build-asan). swiftc takes only -sanitize=address
 # on Linux (it refuses -sanitize=undefined); the C of the shims' inline functions
@@ -533,4 +602,4 @@ soak: deps
 	$(PEER_ENV) $(PY) scripts/soak.py --minutes $(MINUTES)
 
 clean:
-	rm -rf .build .build-embedded $(BENCH_DIR) .build-fuzz .build-asan
+	rm -rf .build .build-embedded $(BENCH_DIR) .build-fuzz .build-asan $(DEB_DIR)
