@@ -16,6 +16,9 @@
 #include <netinet/tcp.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/un.h>
+#include <stddef.h>
+#include <time.h>
 
 /// SIG_IGN is a cast macro that Swift cannot import.
 static inline void lp_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
@@ -54,5 +57,46 @@ static inline int lp_core_dumps_disabled(void) {
     struct rlimit current;
     if (getrlimit(RLIMIT_CORE, &current) != 0) return 0;
     return current.rlim_cur == 0 && prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0;
+}
+/// A non-blocking, close-on-exec Unix datagram socket (for NOTIFY_SOCKET and the system log).
+/// Returns the descriptor or -errno.
+static inline int lp_datagram_socket(void) {
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    return fd >= 0 ? fd : -errno;
+}
+
+/// Sends one datagram to the Unix socket at `path`; a leading '@' names Linux's abstract
+/// namespace (as systemd's NOTIFY_SOCKET may). Never blocks. Returns 0 or -errno.
+static inline int lp_send_datagram(int fd, const char *path, const void *data, size_t length) {
+    struct sockaddr_un address;
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof address.sun_path) return -ENAMETOOLONG;
+    memset(&address, 0, sizeof address);
+    address.sun_family = AF_UNIX;
+    memcpy(address.sun_path, path, n);
+    socklen_t size = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    if (path[0] == '@') {
+        address.sun_path[0] = 0;
+    } else {
+        size += 1;
+    }
+    ssize_t sent = sendto(fd, data, length, MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&address, size);
+    return sent >= 0 ? 0 : -errno;
+}
+
+/// The wall-clock time as text into `out` (at least 32 bytes): `iso` nonzero gives UTC as
+/// 2026-12-06T23:10:00.123Z (JSON log lines), zero the local time as "Dec  6 23:10:00"
+/// (RFC 3164 system log lines). Returns the length.
+static inline int lp_time_text(char *out, size_t size, int iso) {
+    struct timespec now;
+    struct tm t;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (iso) {
+        gmtime_r(&now.tv_sec, &t);
+        size_t n = strftime(out, size, "%Y-%m-%dT%H:%M:%S", &t);
+        return n + 6 <= size ? (int)(n + (size_t)snprintf(out + n, size - n, ".%03ldZ", now.tv_nsec / 1000000L)) : (int)n;
+    }
+    localtime_r(&now.tv_sec, &t);
+    return (int)strftime(out, size, "%b %e %H:%M:%S", &t);
 }
 #endif

@@ -44,6 +44,10 @@ public struct Configuration {
     public var resolvConfPath: String? = nil
     public var hostsPath: String? = nil
     public var nameserverPort: UInt16? = nil
+    /// `--log-format`: text lines or one JSON object a line.
+    public var logFormat = LogFormat.text
+    /// `--syslog`: the system log socket lines go to (nil: standard error).
+    public var systemLogPath: String? = nil
     /// Warnings found while parsing (logged once the logger is set up).
     public var warnings: [String] = []
 
@@ -104,6 +108,8 @@ public enum ConfigurationParser {
         OptionSpec(short: nil, long: "pong-timeout-ms", takesValue: true),
         OptionSpec(short: nil, long: "stall-timeout-ms", takesValue: true),
         OptionSpec(short: nil, long: "dns", takesValue: true),
+        OptionSpec(short: nil, long: "syslog", takesValue: false),
+        OptionSpec(short: nil, long: "log-format", takesValue: true),
     ]
 
     static func spec(long: String) -> OptionSpec? {
@@ -226,6 +232,13 @@ public enum ConfigurationParser {
             guard let n = parseInt(v), n >= 0 && n <= 6 else { throw ConfigurationError("--verbose must be 0 to 6, got '\(v)'") }
             c.verbosity = n
         }
+
+        switch last("log-format") {
+        case nil, "text": break
+        case "json": c.logFormat = .json
+        case let other?: throw ConfigurationError("--log-format must be text or json, got '\(other)'")
+        }
+        if has("syslog") { c.systemLogPath = environment("LOCALPROXY_SYSLOG_SOCKET") ?? "/dev/log" }
 
         // Mode, from -m or from which of -s/-d is present.
         var mode: TunnelMode? = nil

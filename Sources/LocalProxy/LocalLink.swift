@@ -57,6 +57,11 @@ final class LocalLink {
     /// When the last write to the local socket completed (or congestion began): how long the
     /// local application has taken nothing while the tunnel waits for it.
     private var lastProgress: UInt64 = 0
+    /// For the SIGUSR1 statistics: when the link was made, bytes written to the local socket
+    /// and bytes read from it.
+    let createdAt: UInt64
+    private(set) var bytesToLocal: UInt64 = 0
+    private(set) var bytesFromLocal: UInt64 = 0
     private var retryTimer: Timer? = nil
     /// The DATA fields of this connection, once known.
     private var dataHeader: TunnelMessage? = nil
@@ -67,6 +72,7 @@ final class LocalLink {
         self.owner = owner
         self.loop = loop
         self.logger = logger
+        createdAt = loop.now
         toLocal = try RingBuffer(minimumCapacity: 128 * 1024)
         self.maximumPayload = min(maximumPayload, 64 * 1024 - LocalLink.headroom - LocalLink.tailroom)
         toTunnel = try RingBuffer(minimumCapacity: 64 * 1024)
@@ -195,6 +201,7 @@ final class LocalLink {
                 return
             }
             toLocal.consume(count)
+            bytesToLocal &+= UInt64(count)
             lastProgress = loop.now
             if congested && toLocal.readableCount <= lowWater { endCongestion() }
             flushToLocal()
@@ -249,6 +256,7 @@ final class LocalLink {
             logger.error("cannot frame \(n) bytes from local connection \(id): \(error)")
             return
         }
+        bytesFromLocal &+= UInt64(n)
         let messageLength = tunnelHead + n + header.tailLength
         let messageStart = payload - tunnelHead
         let key = tunnel.nextMaskingKey()

@@ -34,6 +34,8 @@ public enum LocalProxyMain {
         }
 
         let logger = Logger(verbosity: configuration.verbosity)
+        logger.format = configuration.logFormat
+        if let path = configuration.systemLogPath { logger.useSystemLog(path: path) }
         logger.info("localproxy \(LocalProxyVersion.string), \(configuration.mode) mode; TLS: \(CryptoBackend.description)")
         for warning in configuration.warnings { logger.warning(warning) }
         if let coreDumpError { logger.warning("\(coreDumpError): a crash could write the access token to a core file") }
@@ -145,6 +147,9 @@ public enum LocalProxyMain {
                                       token in the file and reconnect with it (10000; 0: exit)
           --half-close-linger-ms N    source: how long a half-closed local connection waits
                                       for the destination's answer (10000)
+          --syslog                    log to the system log (/dev/log, facility daemon)
+                                      instead of standard error
+          --log-format text|json      log lines as text (default) or one JSON object each
           --dns system|builtin        how host names are resolved: system (the C library's
                                       getaddrinfo) or builtin (own DNS client: /etc/hosts, then
                                       the nameservers of /etc/resolv.conf). Default: system;
@@ -152,6 +157,10 @@ public enum LocalProxyMain {
 
     Environment: AWSIOT_TUNNEL_ACCESS_TOKEN, AWSIOT_TUNNEL_CLIENT_TOKEN, AWSIOT_TUNNEL_ENDPOINT,
     AWSIOT_TUNNEL_REGION (the command line takes precedence).
+
+    Signals: TERM or INT stop (local connections get 2 s to finish writing); HUP re-reads
+    --access-token-file and reconnects if the token changed; USR1 logs one line of statistics.
+    Under systemd (NOTIFY_SOCKET set) it reports readiness, reloads and stopping (Type=notify).
 
     Exit codes: 0 stopped or tunnel closed by the service; 1 configuration error; 2 access
     token rejected (a new token is needed); 3 the service's certificate did not verify.

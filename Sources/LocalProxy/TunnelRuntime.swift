@@ -44,6 +44,16 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     private var tokenWait: Timer? = nil
     private var lastTokenFileProblem: String? = nil
     private var signalWatchers: [SignalWatcher] = []
+    let serviceManager: ServiceManager
+    /// A reload (SIGHUP) brought a new token: the next connect comes at once, not after backoff.
+    private var reconnectAtOnce = false
+    // For the SIGUSR1 statistics line.
+    private let startedAt: UInt64
+    private var connectedAt: UInt64? = nil
+    private var sessionsOpened = 0
+    private var linksMade = 0
+    private var closedBytesToLocal: UInt64 = 0
+    private var closedBytesFromLocal: UInt64 = 0
 
     init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
         self.configuration = configuration
@@ -56,6 +66,8 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         reconnectTimer = Timer(loop: loop)
         stallTimer = Timer(loop: loop)
         shutdownTimer = Timer(loop: loop)
+        serviceManager = ServiceManager(environment: SystemAccess.environment, logger: logger)
+        startedAt = loop.now
     }
 
     /// Local connections alive at once, counting those still closing (each holds about 192 KiB
@@ -66,9 +78,15 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
 
     /// Runs until the tunnel ends or a signal stops it; returns the process exit code.
     public func run() -> Int32 {
-        for number in [SIGINT, SIGTERM] {
+        for number in [SIGINT, SIGTERM, SIGHUP, SIGUSR1] {
             do {
-                signalWatchers.append(try SignalWatcher(loop: loop, signal: number) { [self] n in stop(signal: n) })
+                signalWatchers.append(try SignalWatcher(loop: loop, signal: number) { [self] n in
+                    switch n {
+                    case SIGHUP: reload()
+                    case SIGUSR1: logger.report(statistics())
+                    default: stop(signal: n)
+                    }
+                })
             } catch {
                 logger.warning("cannot watch signal \(number): \(error)")
             }
@@ -108,6 +126,9 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     public func tunnelOpened(subprotocol: String, channelId: String?) {
         logger.info("connected to wss://\(configuration.endpointHost):\(configuration.endpointPort) (subprotocol \(subprotocol), channel-id \(channelId ?? "none"))")
         sawServiceIds = false
+        sessionsOpened += 1
+        connectedAt = loop.now
+        serviceManager.ready(status: "connected to \(configuration.endpointHost):\(configuration.endpointPort)")
         sessionOpened()
     }
 
@@ -136,6 +157,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
 
     public func tunnelClosed(_ reason: TunnelCloseReason) {
         tunnel = nil
+        connectedAt = nil
         waitingForTunnel.removeAll()
         sessionEnded()
         if stopping {
@@ -182,6 +204,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     private func waitForNewToken(_ what: String, rejected: Bool) -> Bool {
         guard let file = configuration.accessTokenFile, configuration.tokenWaitMilliseconds > 0 else { return false }
         logger.warning("\(what); waiting up to \(configuration.tokenWaitMilliseconds / 1000) s for a new token in \(file)")
+        serviceManager.ready(status: "waiting for a new access token in \(file)")
         let deadline = loop.now + UInt64(configuration.tokenWaitMilliseconds)
         let timer = Timer(loop: loop)
         tokenWait = timer
@@ -235,17 +258,25 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     /// Full-jitter exponential backoff: a random delay up to 1 s, 2 s, 4 s … capped.
     private func scheduleReconnect() {
         guard !stopping, exitCode == nil else { return }
+        if reconnectAtOnce {
+            reconnectAtOnce = false
+            reconnectTimer.start(after: 0) { [self] in connect() }
+            return
+        }
         let exponent = min(reconnectAttempt, 20)
         let ceiling = min(configuration.reconnectDelayMaximumMilliseconds, 1000 << exponent)
         let delay = Int(random.uint32() % UInt32(ceiling + 1))
         reconnectAttempt += 1
         logger.warning("reconnecting in \(delay) ms (attempt \(reconnectAttempt), same access token and client token)")
+        // systemctl start returns once the first attempt is over, connected or not.
+        serviceManager.ready(status: "not connected; reconnecting (attempt \(reconnectAttempt))")
         reconnectTimer.start(after: UInt64(delay)) { [self] in connect() }
     }
 
     private func stop(signal number: Int32) {
         guard !stopping else { return }
         stopping = true
+        serviceManager.stopping()
         logger.info("stopping on signal \(number): closing local connections and the tunnel")
         sessionEnded()
         if let t = tunnel {
@@ -260,6 +291,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     /// are reset: a local application that does not read cannot hold the exit back.
     func finish(_ code: Int32) {
         if exitCode == nil { exitCode = code }
+        if !stopping { serviceManager.stopping() }
         stopping = true
         reconnectTimer.close()
         stallTimer.close()
@@ -279,6 +311,69 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
                 for (_, link) in links { link.reset() }
             }
         }
+    }
+
+    // MARK: Operations
+
+    /// SIGHUP (`systemctl reload`): reads `--access-token-file` again. A different, usable token
+    /// replaces the current one at once: a connected tunnel is replaced, a wait for a token or
+    /// a backoff ends, and the new session starts with a new client token (as after a rotation).
+    /// The same token, or one that cannot be used, changes nothing.
+    private func reload() {
+        guard !stopping else { return }
+        serviceManager.reloading()
+        defer { serviceManager.ready(status: tunnel != nil && connectedAt != nil ? "connected to \(configuration.endpointHost):\(configuration.endpointPort)" : "reloaded; connecting") }
+        guard let file = configuration.accessTokenFile else {
+            logger.warning("SIGHUP: nothing to reload: the access token was not read from a file (use --access-token-file)")
+            return
+        }
+        lastTokenFileProblem = nil
+        guard let token = readTokenFile(file) else {
+            logger.error("SIGHUP: \(lastTokenFileProblem == nil ? "\(file) is missing or empty" : "the token in \(file) cannot be used"): keeping the current access token")
+            return
+        }
+        guard token != accessToken else {
+            logger.info("SIGHUP: the access token in \(file) is unchanged")
+            return
+        }
+        accessToken = token
+        clientToken = configuration.clientToken ?? random.uuid()
+        reconnectAttempt = 0
+        logger.info("SIGHUP: new access token in \(file) (fingerprint \(fingerprint(token))): connecting with it")
+        if let timer = tokenWait {
+            timer.close()
+            tokenWait = nil
+            connect()
+        } else if let tunnel {
+            reconnectAtOnce = true
+            tunnel.abort("the access token was reloaded")
+        } else {
+            reconnectTimer.stop()
+            connect()
+        }
+    }
+
+    /// One line for SIGUSR1: uptime, the tunnel, totals and each local connection (32 of them
+    /// at most, in no particular order; the count says how many more).
+    func statistics() -> String {
+        let now = loop.now
+        var toLocal = closedBytesToLocal
+        var fromLocal = closedBytesFromLocal
+        var each: [String] = []
+        for (_, link) in links {
+            toLocal &+= link.bytesToLocal
+            fromLocal &+= link.bytesFromLocal
+            if each.count < 32 {
+                each.append("#\(link.id.rawValue) \((now &- link.createdAt) / 1000) s, \(link.bytesToLocal) to local, \(link.bytesFromLocal) from local")
+            }
+        }
+        let tunnelText = connectedAt.map { "connected for \((now &- $0) / 1000) s" } ?? "not connected"
+        var line = "statistics: up \((now &- startedAt) / 1000) s; tunnel \(tunnelText); \(sessionsOpened) session(s), \(max(0, sessionsOpened - 1)) reconnect(s); local connections: \(links.count) open, \(linksMade) in all; bytes \(toLocal) to local, \(fromLocal) from local"
+        if !each.isEmpty {
+            line += "; open: " + each.joined(separator: "; ")
+            if links.count > each.count { line += "; and \(links.count - each.count) more" }
+        }
+        return line
     }
 
     // MARK: Session outcomes shared by both modes
@@ -306,6 +401,8 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
 
     func linkClosed(_ link: LocalLink) {
         links[link.id] = nil
+        closedBytesToLocal &+= link.bytesToLocal
+        closedBytesFromLocal &+= link.bytesFromLocal
         waitingForTunnel.removeAll { $0 === link }
         if stopping && links.isEmpty { shutdownTimer.close() }
         watchStalls()
@@ -365,6 +462,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         do {
             let link = try LocalLink(id: id, owner: self, loop: loop, logger: logger, maximumPayload: configuration.maximumPayload)
             links[id] = link
+            linksMade += 1
             watchStalls()
             return link
         } catch {

@@ -92,4 +92,26 @@ struct LoggerTests {
         // The timer is closed: the loop closes cleanly.
         #expect(loop.close())
     }
+
+    @Test func jsonEscapingCoversQuotesBackslashesAndEveryControlCharacter() {
+        var out: [UInt8] = []
+        appendJSONEscaped("a\"b\\c\nd\re\tf\u{01}g\u{1f}h\u{7f}é", to: &out)
+        #expect(String(decoding: out, as: UTF8.self) == "a\\\"b\\\\c\\nd\\re\\tf\\u0001g\\u001fh\u{7f}é")
+        for b in UInt8(0)..<0x20 {
+            var one: [UInt8] = []
+            appendJSONEscaped(String(decoding: [b], as: UTF8.self), to: &one)
+            #expect(one.first == 0x5C && !one.contains { $0 < 0x20 }, "byte \(b)")
+        }
+    }
+
+    @Test func jsonLinesCarryTimeLevelAndMessage() {
+        let lines = Lines()
+        let log = logger(lines)
+        log.format = .json
+        log.warning("x \"y\"")
+        let line = lines.all.first ?? ""
+        #expect(line.hasPrefix("{\"time\":\"20"))
+        #expect(line.hasSuffix("Z\",\"level\":\"warning\",\"message\":\"x \\\"y\\\"\"}\n"))
+        #expect(Array(line.utf8).count == "{\"time\":\"2026-12-06T23:10:00.123Z\",\"level\":\"warning\",\"message\":\"x \\\"y\\\"\"}\n".utf8.count)
+    }
 }

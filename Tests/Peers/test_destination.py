@@ -222,13 +222,15 @@ class RssSampler:
 async def running_proxy(binary: str, service: TunnelService, mapping: str, *, token: str | None = None,
                         token_via: str = "env", client_token: str | None = None, verbosity: int | None = None,
                         ca: Path | None = None, options: dict[str, str] | None = None,
-                        token_file_mode: int = 0o600, extra_args: tuple[str, ...] = ()):
+                        token_file_mode: int = 0o600, extra_args: tuple[str, ...] = (),
+                        extra_env: dict[str, str] | None = None):
     """Start `localproxy -m destination` against `service`, and kill it if the test left it running.
 
     The stderr lines are printed at the end so that pytest shows them for a failing test.
     """
     args = ["-m", "destination", "-e", service.endpoint, "-c", str(ca or service.certs.ca), "-d", mapping]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWSIOT_TUNNEL_")}
+    env.update(extra_env or {})
     token = service.access_token if token is None else token
     token_dir = None
     if token_via == "arg":
