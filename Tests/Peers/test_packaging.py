@@ -622,6 +622,41 @@ def test_make_install_lays_out_a_gateway(localproxy, tmp_path):
                env={"PATH": os.environ["PATH"]}, timeout=20)
     assert done.returncode == 1 and "no tunnel endpoint" in done.stderr, \
         f"the shipped localproxy.conf should fail only for want of an endpoint: {shown(done)}\n{conf}"
+    # Every commented default, uncommented, is accepted: the proxy starts and tries to connect.
+    token = tmp_path / "token"
+    token.write_text("token\n")
+    os.chmod(token, 0o600)
+    services = tmp_path / "services"
+    services.mkdir()
+    (services / "ssh").write_text("SSH=22\n")
+    lines = []
+    for line in conf.splitlines():
+        m = re.fullmatch(r"#\s*([a-z-]+) = (\S+)", line)
+        if m and m.group(1) not in ("client-token", "region", "proxy-endpoint"):
+            line = f"{m.group(1)} = {m.group(2)}"
+        lines.append(line)
+    text = "\n".join(lines).replace("/etc/localproxy/services.d", str(services))
+    text = text.replace("/etc/localproxy/access-token", str(token)) + "\nproxy-endpoint = 127.0.0.1:1\n"
+    every = tmp_path / "every.conf"
+    every.write_text(text)
+    proxy = subprocess.Popen([localproxy, "--config", str(every)], stderr=subprocess.PIPE, text=True,
+                             env={"PATH": os.environ["PATH"]})
+    # A proxy that neither logs nor exits is killed after WAIT, which ends the reading.
+    killer = threading.Timer(WAIT, proxy.kill)
+    killer.start()
+    try:
+        seen = []
+        while True:
+            line = proxy.stderr.readline()
+            seen.append(line)
+            if not line or "connecting to 127.0.0.1:1" in line:
+                break
+        assert "connecting to 127.0.0.1:1" in seen[-1], \
+            f"the shipped defaults, uncommented, were not accepted: {''.join(seen)}\n{text}"
+    finally:
+        killer.cancel()
+        proxy.kill()
+        proxy.wait()
     # A second install keeps settings an operator changed, and replaces the scripts.
     (dest / "etc/localproxy/localproxy.conf").write_text("region = eu-west-1\n")
     done = run(["make", "-s", "install", f"DESTDIR={dest}", "PREFIX=/opt/lp", f"BIN={localproxy}"], cwd=REPO)
