@@ -21,11 +21,15 @@ esac
 readelf -h "$binary" | grep -q "Machine:.*$machine" \
 	|| { echo "build-deb: $binary is not an $arch binary:" >&2; readelf -h "$binary" | grep Machine >&2; exit 1; }
 
-# Shared libraries: glibc's only (static builds link libuv and mbedTLS in).
+# Shared libraries: glibc's only (static builds link libuv and mbedTLS in), and on armhf
+# libgcc_s.so.1, whose ARM unwinder personality routine (__aeabi_unwind_cpp_pr0) the C code's
+# unwind tables refer to; libc6 itself depends on libgcc-s1, so this adds no package.
 needed=$(readelf -d "$binary" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+extra=""
 for lib in $needed; do
 	case $lib in
 		libc.so.6 | libm.so.6 | libpthread.so.0 | libdl.so.2 | ld-linux*.so.* | librt.so.1) ;;
+		libgcc_s.so.1) extra=", libgcc-s1" ;;
 		*) echo "build-deb: $binary needs $lib, which is not part of libc6: build it with LINK=static" >&2; exit 1 ;;
 	esac
 done
@@ -61,7 +65,7 @@ for f in postinst prerm postrm; do install -m 0755 "$here/packaging/debian/$f" "
 install -m 0644 "$here/packaging/debian/conffiles" "$stage/DEBIAN/conffiles"
 size=$(du -k -s --exclude=DEBIAN "$stage" | cut -f1)
 sed -e "s/@VERSION@/$version/" -e "s|@MAINTAINER@|$maintainer|" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" \
-	-e "s/@DEPENDS@/libc6 (>= $glibc), adduser/" "$here/packaging/debian/control.in" > "$stage/DEBIAN/control"
+	-e "s/@DEPENDS@/libc6 (>= $glibc)$extra, adduser/" "$here/packaging/debian/control.in" > "$stage/DEBIAN/control"
 (cd "$stage" && find . -type f ! -path './DEBIAN/*' ! -path './etc/*' -printf '%P\0' | sort -z | xargs -0 md5sum) \
 	> "$stage/DEBIAN/md5sums"
 chmod 0644 "$stage/DEBIAN/control" "$stage/DEBIAN/md5sums"
