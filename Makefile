@@ -22,7 +22,9 @@ SWIFTC       ?= $(shell command -v swiftc)
 TC           := $(abspath $(dir $(realpath $(SWIFTC)))/../..)
 VENV         := .venv
 PY           := $(VENV)/bin/python
-APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev m4
+# patch and xz-utils: the static builds apply Debian's patches to libuv (a .debian.tar.xz).
+APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev m4 \
+                patch xz-utils
 PEERS        := Tests/Peers
 
 # Embedded build of the device binary.
