@@ -314,7 +314,9 @@ endif
 $(DOWNLOADS)/$(LIBUV_TARBALL):
 	scripts/debian-source.sh libuv1 $(LIBUV_TARBALL) $(LIBUV_SHA256) $(DOWNLOADS)
 
-$(DOWNLOADS)/$(LIBUV_DEBIAN):
+# After the tarball: both fetches use the same private apt state under $(DOWNLOADS), so under
+# make -j they must not run at once.
+$(DOWNLOADS)/$(LIBUV_DEBIAN): | $(DOWNLOADS)/$(LIBUV_TARBALL)
 	scripts/debian-source.sh libuv1 $(LIBUV_DEBIAN) $(LIBUV_DEBIAN_SHA256) $(DOWNLOADS)
 
 $(LIBUV_ARCHIVE): $(DOWNLOADS)/$(LIBUV_TARBALL) $(DOWNLOADS)/$(LIBUV_DEBIAN)
