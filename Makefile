@@ -26,7 +26,9 @@ SWIFTC       ?= $(shell command -v swiftc)
 TC           := $(abspath $(dir $(realpath $(SWIFTC)))/../..)
 VENV         := .venv
 PY           := $(VENV)/bin/python
-APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev m4
+# patch and xz-utils: the static builds apply Debian's patches to libuv (a .debian.tar.xz).
+APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev m4 \
+                patch xz-utils
 # The packaging tests (Tests/Peers/test_packaging.py, docs/GATEWAY.md): shell and unit linters,
 # Debian's and BusyBox's start-stop-daemon, dpkg-deb and lintian for the .debs.
 APT_PACKAGES += shellcheck systemd busybox lintian dpkg-dev fakeroot
@@ -97,6 +99,30 @@ MBEDTLS_CONFIG  := cross/mbedtls/mbedtls_config.h
 DOWNLOADS       := .build-embedded/downloads
 MBEDTLS_DIR     := .build-embedded/mbedtls-$(ARCH)
 MBEDTLS_ARCHIVES := $(addprefix $(MBEDTLS_DIR)/library/,libmbedtls.a libmbedx509.a libmbedcrypto.a)
+# static and fullstatic also link libuv built here from Debian 12's own source package of libuv1
+# (1.44.2, the version of the shared library and headers of the dynamic build): Debian's
+# libuv_a.a has no section per function, so --gc-sections kept whole objects (~76 KB on armv7)
+# and, through uv_os_get_passwd, glibc's NSS in the fully static binary. The upstream tarball
+# and Debian's patches (the CVE-2024-24806 fix among them) are fetched through this machine's
+# apt sources and pinned by SHA-256; the headers of the same tree are the ones the Swift importer
+# sees, so headers and library agree. Nothing of it is committed.
+LIBUV_VERSION   := 1.44.2
+LIBUV_TARBALL   := libuv1_$(LIBUV_VERSION).orig.tar.gz
+LIBUV_SHA256    := d79b4b06ef04be85fb890bf39d55942cc64c2e15fd14eaa32dae5dce94485484
+LIBUV_DEBIAN    := libuv1_$(LIBUV_VERSION)-1+deb12u1.debian.tar.xz
+LIBUV_DEBIAN_SHA256 := 14fc605e7d1520137416fd8c097b58a191be9b07bdbb406f7b39c7894b7d66a5
+LIBUV_DIR       := .build-embedded/libuv-$(ARCH)
+LIBUV_ARCHIVE   := $(LIBUV_DIR)/libuv_a.a
+# What libuv's CMakeLists.txt compiles for Linux (uv_sources: the common ones, the unix ones,
+# proctitle.c and the linux ones), with its defines and flags for the static uv_a target.
+LIBUV_SOURCES   := fs-poll.c idna.c inet.c random.c strscpy.c strtok.c threadpool.c timer.c \
+                   uv-common.c uv-data-getter-setters.c version.c \
+                   $(addprefix unix/,async.c core.c dl.c fs.c getaddrinfo.c getnameinfo.c loop-watcher.c \
+                     loop.c pipe.c poll.c process.c random-devurandom.c signal.c stream.c tcp.c thread.c \
+                     tty.c udp.c proctitle.c linux-core.c linux-inotify.c linux-syscalls.c procfs-exepath.c \
+                     random-getrandom.c random-sysctl-linux.c epoll.c)
+LIBUV_CFLAGS    := -std=gnu90 -fvisibility=hidden -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter \
+                   -D_FILE_OFFSET_BITS=64 -D_LARGEFILE_SOURCE -D_GNU_SOURCE -D_POSIX_C_SOURCE=200112
 # The accelerated record AEADs (cross/aead/README.md, docs/CRYPTO.md): on x86_64 the static
 # builds take ChaCha20-Poly1305 from libsodium and AES-GCM from Nettle (both built from Debian's
 # source packages by cross/aead/build-*.sh) through mbedTLS's MBEDTLS_CHACHAPOLY_ALT and
@@ -125,17 +151,23 @@ ifeq ($(LINK),dynamic)
   LINK_MODE  :=
   EMB_MBEDTLS :=
   EMB_MBEDTLS_INC :=
+  EMB_LIBUV  :=
+  EMB_LIBUV_INC :=
 else ifeq ($(LINK),static)
-  EMB_CLIBS  := -l:libuv_a.a -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a -lpthread -ldl -lm
+  EMB_CLIBS  := $(LIBUV_ARCHIVE) -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a -lpthread -ldl -lm
   LINK_MODE  :=
   EMB_MBEDTLS := $(MBEDTLS_ARCHIVES)
   EMB_MBEDTLS_INC := -isystem $(MBEDTLS_DIR)/include $(AEAD_DEFS)
+  EMB_LIBUV  := $(LIBUV_ARCHIVE)
+  EMB_LIBUV_INC := -isystem $(LIBUV_DIR)/include
   EMB_DEFS   := $(AEAD_SWIFT_DEFS)
 else ifeq ($(LINK),fullstatic)
-  EMB_CLIBS  := -l:libuv_a.a -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a -lpthread -ldl -lm
+  EMB_CLIBS  := $(LIBUV_ARCHIVE) -l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a -lpthread -ldl -lm
   LINK_MODE  := -static
   EMB_MBEDTLS := $(MBEDTLS_ARCHIVES)
   EMB_MBEDTLS_INC := -isystem $(MBEDTLS_DIR)/include $(AEAD_DEFS)
+  EMB_LIBUV  := $(LIBUV_ARCHIVE)
+  EMB_LIBUV_INC := -isystem $(LIBUV_DIR)/include
   # A static glibc cannot load NSS modules, so getaddrinfo is left out and host names go
   # through the built-in resolver (/etc/hosts, then /etc/resolv.conf's nameservers).
   EMB_DEFS   := -D LP_BUILTIN_DNS $(AEAD_SWIFT_DEFS)
@@ -147,7 +179,7 @@ endif
 # One section per function, so that --gc-sections can drop what is not called: without it each
 # module's code is one section and every generic specialisation stays (armv7: 1.6 MB vs 0.9 MB).
 EMB_FLAGS    := -target $(EMB_TARGET) -enable-experimental-feature Embedded -wmo -Osize -parse-as-library \
-                -Xfrontend -function-sections $(addprefix -Xcc ,$(EMB_MBEDTLS_INC)) \
+                -Xfrontend -function-sections $(addprefix -Xcc ,$(EMB_LIBUV_INC) $(EMB_MBEDTLS_INC)) \
                 -module-cache-path $(EMB_DIR)/ModuleCache $(EMB_DEFS) \
                 $(EMB_XFLAGS) -I Sources/CLibUV -I Sources/CMbedTLS -I $(EMB_DIR)
 EMB_LINK     := clang $(LINK_ARCH) -fuse-ld=lld -Wl,--gc-sections -Wl,--icf=safe $(LINK_MODE)
@@ -162,7 +194,7 @@ CROSS_PACKAGES := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-
                   libuv1-dev:arm64 libuv1-dev:armhf libmbedtls-dev:arm64 libmbedtls-dev:armhf qemu-user-static qemu-user
 
 .PHONY: install deb deb-check test-packaging
-.PHONY: all deps deps-apt deps-cross venv build test test-swift test-peers test-embedded aead-counts aead-counts-arch embedded mbedtls cross footprint footprint-check test-cross demo clean bench bench-tools
+.PHONY: all deps deps-apt deps-cross venv build test test-swift test-peers test-embedded aead-counts aead-counts-arch embedded mbedtls libuv cross footprint footprint-check test-cross demo clean bench bench-tools
 
 all: build
 
@@ -229,7 +261,7 @@ test-peers: deps bench-tools
 # (typed throws, no existentials of non-class protocols, no reflection...) is enforced on each
 # commit; then the device binary (with a stripped copy) and the byte-vector self-test, both run
 # (under qemu-user for ARM).
-embedded: deps-apt $(EMB_MBEDTLS)
+embedded: deps-apt $(EMB_MBEDTLS) $(EMB_LIBUV)
 	@mkdir -p $(EMB_DIR) $(XINC)
 	@# Only these headers of /usr/include are shown to ARM builds, so host glibc headers stay out.
 	@for h in uv.h uv mbedtls psa; do ln -sfn /usr/include/$$h $(XINC)/$$h; done
@@ -295,6 +327,32 @@ endif
 	$(TC)/usr/bin/llvm-ar rcs $(MBEDTLS_DIR)/library/libmbedcrypto.a $(MBEDTLS_DIR)/library/lp_*.o \
 	  $(addsuffix /obj/*.o,$(addprefix $(MBEDTLS_DIR)/,$(AEAD_LIBS)))
 endif
+
+# libuv from Debian 12's source package: the upstream tarball with Debian's patch series applied
+# (as dpkg-source would), then the Linux sources of libuv's own build, compiled as the minimal
+# mbedTLS is (DEVICE_CFLAGS: -Os, one section per function; Thumb-2 and the outliner on armv7).
+$(DOWNLOADS)/$(LIBUV_TARBALL):
+	scripts/debian-source.sh libuv1 $(LIBUV_TARBALL) $(LIBUV_SHA256) $(DOWNLOADS)
+
+# After the tarball: both fetches use the same private apt state under $(DOWNLOADS), so under
+# make -j they must not run at once.
+$(DOWNLOADS)/$(LIBUV_DEBIAN): | $(DOWNLOADS)/$(LIBUV_TARBALL)
+	scripts/debian-source.sh libuv1 $(LIBUV_DEBIAN) $(LIBUV_DEBIAN_SHA256) $(DOWNLOADS)
+
+$(LIBUV_ARCHIVE): $(DOWNLOADS)/$(LIBUV_TARBALL) $(DOWNLOADS)/$(LIBUV_DEBIAN)
+	rm -rf $(LIBUV_DIR) && mkdir -p $(LIBUV_DIR)/obj
+	tar xzf $(DOWNLOADS)/$(LIBUV_TARBALL) -C $(LIBUV_DIR) --strip-components=1
+	tar xJf $(DOWNLOADS)/$(LIBUV_DEBIAN) -C $(LIBUV_DIR)
+	for p in $$(grep -v '^#' $(LIBUV_DIR)/debian/patches/series); do \
+	  patch -s -p1 -d $(LIBUV_DIR) --no-backup-if-mismatch < $(LIBUV_DIR)/debian/patches/$$p || exit 1; \
+	done
+	for f in $(LIBUV_SOURCES); do \
+	  $(TC)/usr/bin/clang $(DEVICE_CFLAGS) $(LIBUV_CFLAGS) -I$(LIBUV_DIR)/include -I$(LIBUV_DIR)/src \
+	    -c $(LIBUV_DIR)/src/$$f -o $(LIBUV_DIR)/obj/$$(echo $$f | tr / -).o || exit 1; \
+	done
+	$(TC)/usr/bin/llvm-ar rcs $@ $(LIBUV_DIR)/obj/*.o
+
+libuv: $(LIBUV_ARCHIVE)
 
 $(DOWNLOADS)/$(SODIUM_TARBALL):
 	scripts/debian-source.sh libsodium $(SODIUM_TARBALL) $(SODIUM_SHA256) $(DOWNLOADS)

@@ -5,7 +5,8 @@
 #   make check-abi ARCH=... ABI_SELFTEST=1        also prove that a difference fails the check
 #   make check-abi-all                            all three, with each mbedTLS the device links
 # LINK matters as for `make embedded`: static/fullstatic builds import the minimal mbedTLS's
-# headers (EMB_MBEDTLS_INC), dynamic ones the system's; both probes use the same ones.
+# headers (EMB_MBEDTLS_INC) and those of the libuv built from source (EMB_LIBUV_INC), dynamic
+# ones the system's; both probes use the same ones.
 # ABI_CFLAGS adds flags to the C probe only, e.g. the defines a C library was built with.
 
 ABI_DIR      := .build-embedded/abi-$(ARCH)$(if $(filter dynamic,$(LINK)),-dynamic)
@@ -14,15 +15,15 @@ ABI_CFLAGS   ?=
 ABI_SELFTEST ?=
 # What the self-test skews in the C probe: one type's size, one field's offset.
 ABI_SKEWS    := mbedtls_ssl_context sockaddr_in6.sin6_port
-# The C probe sees the headers the Swift importer sees: the same mbedTLS include directory (when
-# the Makefile sets one) before the Linux triple's system headers.
-ABI_CC       := $(TC)/usr/bin/clang $(LINK_ARCH) $(ARCH_CDEFS) $(EMB_MBEDTLS_INC) $(ABI_CFLAGS) -Wall -I Sources -fuse-ld=lld
-ABI_C_DESC   := clang $(strip $(LINK_ARCH) $(ARCH_CDEFS) $(ABI_CFLAGS)), mbedTLS headers from $(if $(EMB_MBEDTLS_INC),$(lastword $(EMB_MBEDTLS_INC)),/usr/include), run $(if $(RUNNER),under $(firstword $(RUNNER)),natively)
+# The C probe sees the headers the Swift importer sees: the same libuv and mbedTLS include
+# directories (when the Makefile sets them) before the Linux triple's system headers.
+ABI_CC       := $(TC)/usr/bin/clang $(LINK_ARCH) $(ARCH_CDEFS) $(EMB_LIBUV_INC) $(EMB_MBEDTLS_INC) $(ABI_CFLAGS) -Wall -I Sources -fuse-ld=lld
+ABI_C_DESC   := clang $(strip $(LINK_ARCH) $(ARCH_CDEFS) $(ABI_CFLAGS)), libuv headers from $(if $(EMB_LIBUV_INC),$(lastword $(EMB_LIBUV_INC)),/usr/include), mbedTLS headers from $(if $(EMB_MBEDTLS_INC),$(word 2,$(EMB_MBEDTLS_INC)),/usr/include), run $(if $(RUNNER),under $(firstword $(RUNNER)),natively)
 ABI_S_DESC   := Embedded Swift -target $(EMB_TARGET) (the device build flags), run $(if $(RUNNER),under $(firstword $(RUNNER)),natively)
 
 .PHONY: check-abi check-abi-all
 
-check-abi: $(if $(filter x86_64,$(ARCH)),deps-apt,deps-cross) $(EMB_MBEDTLS)
+check-abi: $(if $(filter x86_64,$(ARCH)),deps-apt,deps-cross) $(EMB_MBEDTLS) $(EMB_LIBUV)
 	@rm -rf $(ABI_DIR)
 	@mkdir -p $(ABI_DIR) $(XINC)
 	@# As in the embedded target: only these headers of /usr/include are shown to ARM builds.

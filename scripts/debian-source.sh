@@ -8,7 +8,8 @@
 # `deb-src` entries in a private apt state under OUTDIR/apt, so the system's own sources and
 # package lists are never touched. SUITE (e.g. trixie) replaces the suites of those entries, to
 # take a package from another Debian release. `apt-get source --download-only` then downloads
-# the package's files, and TARBALL (its .orig tarball) must match SHA256, or nothing is kept.
+# the package's files, and TARBALL (its .orig tarball, or another of its files such as Debian's
+# .debian.tar.xz of patches) must match SHA256, or nothing is kept.
 set -euo pipefail
 package="${1:?usage: debian-source.sh PACKAGE TARBALL SHA256 OUTDIR [SUITE]}"
 tarball="${2:?}" sha256="${3:?}" outdir="$(realpath -m "${4:?}")" suite="${5:-}"

@@ -39,7 +39,7 @@ def test_the_licence_and_the_notices_are_in_the_tree():
 
 
 def test_notices_name_the_releases_the_static_builds_use():
-    """NOTICES.md must follow the Makefile when the minimal mbedTLS or libsodium changes release."""
+    """NOTICES.md must follow the Makefile when a library built for the static builds changes."""
     makefile = (REPO_ROOT / "Makefile").read_text()
     notices = (REPO_ROOT / "NOTICES.md").read_text()
     version = re.search(r"^MBEDTLS_VERSION\s*:=\s*(\S+)", makefile, re.M).group(1)
@@ -48,3 +48,5 @@ def test_notices_name_the_releases_the_static_builds_use():
     assert f"libsodium {sodium}" in notices
     nettle = re.search(r"^NETTLE_TARBALL\s*:=\s*nettle_(\S+)\.orig", makefile, re.M).group(1)
     assert f"Nettle {nettle}" in notices
+    libuv = re.search(r"^LIBUV_VERSION\s*:=\s*(\S+)", makefile, re.M).group(1)
+    assert f"libuv {libuv}" in notices
