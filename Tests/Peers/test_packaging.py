@@ -503,6 +503,79 @@ def test_systemd_unit_verifies_and_has_the_promised_settings(localproxy, tmp_pat
     assert level and float(level.group(1)) <= 2.0, f"systemd-analyze security: {shown(done)[-2000:]}"
 
 
+def test_unit_commands_get_the_answers_the_unit_relies_on(start_emulator, localproxy, world):
+    """systemd cannot run here (it is not PID 1), so this does what it would do with the unit:
+    runs ExecStart (the binary and settings paths moved to the test's) as the service user with
+    NOTIFY_SOCKET, as Type=notify does; ExecReload with $MAINPID; and stops with SIGTERM. The
+    proxy must say READY=1 once connected, RELOADING=1 and READY=1 around the reload, which
+    must switch to the new token, and STOPPING=1 then exit 0, which Restart=on-failure leaves
+    alone."""
+    settings = unit_settings(UNIT.read_text())
+    start = settings["ExecStart"][0].split()
+    assert start == ["/usr/bin/localproxy", "--config", "/etc/localproxy/localproxy.conf"], start
+    assert settings.get("KillSignal", ["SIGTERM"]) == ["SIGTERM"]
+    emulator = start_emulator()
+    first = emulator.open_tunnel(services=["SSH"], thing="systemd-gateway")
+    second = emulator.open_tunnel(services=["SSH"], thing="systemd-gateway")
+    gateway = Gateway(world, emulator, localproxy, first["destinationAccessToken"])
+    notify = SystemLog(world / "notify")
+    argv = [localproxy, "--config", str(gateway.conf)]
+    if gateway.user:  # User=: the token file belongs to the service user
+        argv = ["/usr/bin/setpriv", f"--reuid={gateway.uid}", f"--regid={pwd.getpwnam(gateway.user).pw_gid}",
+                "--clear-groups", *argv]
+    env = {"PATH": os.environ["PATH"], "NOTIFY_SOCKET": str(notify.path)}
+    proxy = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    said = lambda: f"NOTIFY_SOCKET got: {notify.lines}"  # noqa: E731
+    try:
+        ready = wait_for(lambda: notify.find(r"^READY=1\nSTATUS=connected to "), "READY=1 once connected",
+                         describe=said)
+        assert destination_status(emulator, first["tunnelId"]) == "CONNECTED"
+        assert not any("READY=1" in m for m in notify.lines[:notify.lines.index(ready)]), said()
+
+        gateway.write_token(second["destinationAccessToken"])
+        mark = len(notify.lines)
+        reload = [word.replace("$MAINPID", str(proxy.pid)) for word in settings["ExecReload"][0].split()]
+        done = run(reload)
+        assert done.returncode == 0, f"ExecReload {reload}: {shown(done)}"
+        wait_for(lambda: any(m.startswith("RELOADING=1") for m in notify.lines[mark:]), "RELOADING=1", describe=said)
+        wait_for(lambda: destination_status(emulator, second["tunnelId"]) == "CONNECTED",
+                 "the reload to connect with the new token", describe=said)
+        # READY=1 ends the reload (systemctl reload returns), the status follows the connection.
+        wait_for(lambda: any(m.startswith("READY=1") for m in notify.lines[mark:]), "READY=1 after the reload",
+                 describe=said)
+        wait_for(lambda: any("STATUS=connected to " in m for m in notify.lines[mark:]),
+                 "STATUS=connected after the reload", describe=said)
+
+        proxy.send_signal(signal.SIGTERM)
+        code = proxy.wait(timeout=WAIT)
+        assert code == 0, f"exit {code} after SIGTERM: Restart=on-failure would restart it"
+        assert "STOPPING=1" in notify.lines, said()
+    finally:
+        if proxy.poll() is None:
+            proxy.kill()
+            proxy.wait()
+
+
+def test_unit_does_not_restart_what_a_restart_cannot_cure(start_emulator, localproxy, world):
+    """The exit codes the proxy gives for a refused token and for bad settings are the ones the
+    unit's RestartPreventExitStatus names (exit 0 is never restarted by on-failure)."""
+    prevented = set(unit_settings(UNIT.read_text())["RestartPreventExitStatus"][0].split())
+    emulator = start_emulator()
+    gateway = Gateway(world, emulator, localproxy, "AQGAAXi-not-a-token-the-emulator-issued")
+    env = {"PATH": os.environ["PATH"]}
+    gateway.write_conf(**{"token-wait-ms": "0"})
+    argv = [localproxy, "--config", str(gateway.conf)]
+    if gateway.user:
+        argv = ["/usr/bin/setpriv", f"--reuid={gateway.uid}", f"--regid={pwd.getpwnam(gateway.user).pw_gid}",
+                "--clear-groups", *argv]
+    refused = run(argv, env=env, timeout=WAIT)
+    assert refused.returncode == 2, f"a refused token: {shown(refused)}"
+    gateway.write_conf(**{"proxy-endpoint": None})
+    misconfigured = run(argv, env=env, timeout=WAIT)
+    assert misconfigured.returncode == 1, f"no endpoint: {shown(misconfigured)}"
+    assert prevented == {"1", "2"}, f"RestartPreventExitStatus is {prevented}"
+
+
 def test_unit_verifier_catches_a_misspelt_setting(localproxy, tmp_path):
     """The check above is worth something: a typo in the unit is reported."""
     broken = UNIT.read_text().replace("/usr/bin/localproxy", localproxy).replace("NoNewPrivileges=", "NoNewPrivilege=")
