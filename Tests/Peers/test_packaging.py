@@ -839,7 +839,7 @@ def package_state() -> str:
     return done.stdout.strip() if done.returncode == 0 else "absent"
 
 
-def test_debian_package_installs_removes_and_purges(debs, tmp_path):
+def test_debian_package_installs_removes_and_purges(debs, tmp_path, start_emulator, world):
     if os.geteuid() != 0:
         pytest.skip("installing the .deb with dpkg -i needs root (the CI machine runs the tests as root)")
     if shutil.which("dpkg") is None or run(["dpkg", "--print-architecture"]).stdout.strip() != "amd64":
@@ -874,17 +874,49 @@ def test_debian_package_installs_removes_and_purges(debs, tmp_path):
         done = run(["/etc/init.d/localproxy", "start"])
         assert done.returncode == 6 and "no access token" in done.stdout, shown(done)
 
-        # A token delivered the documented way; remove keeps it and the settings.
+        # The installed package serving a tunnel: settings for the emulator, a service, a token
+        # delivered the documented way; the installed SysV script starts the installed binary
+        # as the package's user, the emulator shows it connected, stop ends it.
+        emulator = start_emulator()
+        tunnel = emulator.open_tunnel(services=["SSH"], thing="deb-gateway")
+        ca = world / "ca.pem"
+        shutil.copy(emulator.ca, ca)
+        os.chmod(ca, 0o644)
+        conf = Path("/etc/localproxy/localproxy.conf")
+        conf.write_text(conf.read_text() + f"proxy-endpoint = {emulator.data_host}:{emulator.data_port}\ncapath = {ca}\n")
+        Path("/etc/localproxy/services.d/ssh.conf").write_text("SSH=22\n")
         token = Path("/etc/localproxy/access-token")
-        token.write_text("token\n")
-        os.chown(token, user.pw_uid, user.pw_gid)
-        os.chmod(token, 0o600)
+        new = token.with_name("access-token.new")
+        new.write_text(tunnel["destinationAccessToken"] + "\n")
+        os.chmod(new, 0o600)
+        os.chown(new, user.pw_uid, user.pw_gid)
+        new.rename(token)
+        done = run(["/etc/init.d/localproxy", "start"])
+        assert done.returncode == 0, f"the installed script's start: {shown(done)}"
+        pid = int(Path("/run/localproxy/localproxy.pid").read_text())
+        try:
+            wait_for(lambda: destination_status(emulator, tunnel["tunnelId"]) == "CONNECTED",
+                     "the installed proxy to connect",
+                     describe=lambda: f"alive: {process_alive(pid)}; its stderr: "
+                                      f"{Path('/run/localproxy/stderr').read_text(errors='replace')[-2000:]}")
+            assert os.path.realpath(f"/proc/{pid}/exe") == "/usr/bin/localproxy"
+            assert process_uid(pid) == user.pw_uid, "the installed proxy does not run as localproxy"
+            done = run(["/etc/init.d/localproxy", "stop"])
+            assert done.returncode == 0 and not process_alive(pid), f"stop: {shown(done)}"
+            wait_for(lambda: destination_status(emulator, tunnel["tunnelId"]) == "DISCONNECTED",
+                     "the installed proxy's connection to end")
+        finally:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+        # remove keeps the settings and the token.
         done = run(["dpkg", "-r", "localproxy"], timeout=300)
         assert done.returncode == 0, f"dpkg -r: {shown(done)}"
         assert package_state() == "rc", package_state()
         assert not Path("/usr/bin/localproxy").exists(), "dpkg -r left the binary"
         assert Path("/etc/localproxy/localproxy.conf").is_file(), "dpkg -r removed the settings"
-        assert token.read_text() == "token\n", "dpkg -r removed the token"
+        assert token.read_text().strip() == tunnel["destinationAccessToken"], "dpkg -r removed the token"
+        assert Path("/etc/localproxy/services.d/ssh.conf").is_file(), "dpkg -r removed a service file"
 
         done = run(["dpkg", "-P", "localproxy"], timeout=300)
         assert done.returncode == 0, f"dpkg -P: {shown(done)}"
