@@ -36,6 +36,7 @@ public enum LocalProxyMain {
         let logger = Logger(verbosity: configuration.verbosity)
         logger.info("localproxy \(LocalProxyVersion.string), \(configuration.mode) mode; TLS: \(CryptoBackend.description)")
         for warning in configuration.warnings { logger.warning(warning) }
+        if let note = configuration.webProxyNote { logger.info(note) }
         if let coreDumpError { logger.warning("\(coreDumpError): a crash could write the access token to a core file") }
         ignoreBrokenPipeSignal()
         useNameResolution(of: configuration, logger: logger)
@@ -152,9 +153,14 @@ public enum LocalProxyMain {
 
     Environment: AWSIOT_TUNNEL_ACCESS_TOKEN, AWSIOT_TUNNEL_CLIENT_TOKEN, AWSIOT_TUNNEL_ENDPOINT,
     AWSIOT_TUNNEL_REGION (the command line takes precedence).
+      https_proxy, HTTPS_PROXY      reach the service through this HTTP proxy (CONNECT):
+                                    http://[USER:PASSWORD@]HOST[:PORT], port 3128 by default;
+                                    https:// proxies are not supported
+      no_proxy, NO_PROXY            hosts reached directly: *, NAME, .DOMAIN or IP, comma-separated
 
-    Exit codes: 0 stopped or tunnel closed by the service; 1 configuration error; 2 access
-    token rejected (a new token is needed); 3 the service's certificate did not verify.
+    Exit codes: 0 stopped or tunnel closed by the service; 1 configuration error, or the web
+    proxy refused its credentials (407: not retried); 2 access token rejected (a new token is
+    needed); 3 the service's certificate did not verify. Other web proxy refusals are retried.
 
     """
 }
