@@ -22,7 +22,7 @@ SWIFTC       ?= $(shell command -v swiftc)
 TC           := $(abspath $(dir $(realpath $(SWIFTC)))/../..)
 VENV         := .venv
 PY           := $(VENV)/bin/python
-APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev m4
+APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev m4 squid
 PEERS        := Tests/Peers
 
 # Embedded build of the device binary.

@@ -171,7 +171,7 @@ public struct WebProxyAnswerReader {
         guard let answer = parsed else { return nil }
         let (version, code, reason) = answer.startLine
         guard version == "HTTP/1.1" || version == "HTTP/1.0", code.utf8.count == 3, let status = parseDecimal(code), status >= 100 else {
-            throw .malformedAnswer("not an HTTP/1.x status line: \"\(printable(version + " " + code + " " + reason))\"")
+            throw .malformedAnswer("not an HTTP/1.x status line: \"\(printable(version + " " + code + (reason.isEmpty ? "" : " " + reason)))\"")
         }
         return status / 100 == 2 ? .established(status: status) : .refused(status: status, reason: printable(reason))
     }

@@ -116,6 +116,8 @@ private let malformedCases: [WebProxyMalformedCase] = [
     WebProxyMalformedCase(name: "not HTTP at all", answer: utf8("SSH-2.0-OpenSSH_9.2\r\n\r\n"), mentions: ["start line"]),
     WebProxyMalformedCase(name: "three words, not HTTP", answer: utf8("SSH-2.0 OpenSSH_9.2 Debian\r\n\r\n"),
                           mentions: ["status line", "SSH-2.0 OpenSSH_9.2 Debian"]),
+    WebProxyMalformedCase(name: "two words, not HTTP", answer: utf8("SSH-2.0-OpenSSH_9.2 Debian\r\n\r\n"),
+                          mentions: ["status line: \"SSH-2.0-OpenSSH_9.2 Debian\""]),
     WebProxyMalformedCase(name: "HTTP/2 version", answer: utf8("HTTP/2 200 OK\r\n\r\n"), mentions: ["status line"]),
     WebProxyMalformedCase(name: "two-digit status", answer: utf8("HTTP/1.1 20 OK\r\n\r\n"), mentions: ["status line"]),
     WebProxyMalformedCase(name: "status not a number", answer: utf8("HTTP/1.1 2x0 OK\r\n\r\n"), mentions: ["status line"]),
