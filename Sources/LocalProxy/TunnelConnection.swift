@@ -158,7 +158,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
             guard state == .resolving else { return }
             switch result {
             case .success(let addresses): connect(addresses, index: 0)
-            case .failure(let error): fail(.failed("\(error)"))
+            case .failure(let error): fail(.failed(endpoint.webProxy == nil ? "\(error)" : "\(firstHop): \(error)"))
             }
         }
     }
