@@ -159,14 +159,12 @@ async def squid(allow_port: int, users: dict[str, str] | None = None):
 
 
 class ProxiedTunnel(WholeTunnel):
-    """A whole tunnel whose proxies get `proxy_env` (and no proxy settings of the caller's)."""
+    """A whole tunnel whose proxies get `proxy_env` (WholeTunnel drops the caller's settings)."""
 
     proxy_env: dict[str, str] = {}
 
     def _env(self, side: str) -> dict:
-        env = {k: v for k, v in super()._env(side).items() if k not in PROXY_VARIABLES}
-        env.update(self.proxy_env)
-        return env
+        return {**super()._env(side), **self.proxy_env}
 
 
 @contextlib.asynccontextmanager
