@@ -28,70 +28,85 @@ public struct WebProxy: Equatable, CustomStringConvertible {
     /// Parses `[http://][user[:password]@]host[:port][/]`. IPv6 hosts go in brackets; the port
     /// defaults to 3128; user and password are percent-decoded (`%00` is refused; `+` stays a
     /// plus sign, as RFC 3986 has it). Error texts never quote the URL, which may hold a password.
+    ///
+    /// Written with byte indices and the helpers other parsers already use: each generic
+    /// collection operation used here for the first time would add code to the armv7 binary.
     public init(url text: String) throws(WebProxyError) {
-        var rest = Array(text.utf8)[...]
-        while let f = rest.first, f == 0x20 || f == 0x09 { rest = rest.dropFirst() }
-        while let l = rest.last, l == 0x20 || l == 0x09 { rest = rest.dropLast() }
-        guard !rest.isEmpty else { throw .invalidURL("it is empty") }
-        for b in rest where b <= 0x20 || b >= 0x7F {
+        let b = Array(text.utf8)
+        var start = 0
+        var end = b.count
+        while start < end && (b[start] == 0x20 || b[start] == 0x09) { start += 1 }
+        while end > start && (b[end - 1] == 0x20 || b[end - 1] == 0x09) { end -= 1 }
+        guard start < end else { throw .invalidURL("it is empty") }
+        for i in start..<end where b[i] <= 0x20 || b[i] >= 0x7F {
             throw .invalidURL("it contains a space, a control character or a non-ASCII byte (percent-encode them in the user or password)")
         }
-        if let s = find(rest, Array("://".utf8)) {
-            switch lowerBytes(rest[..<s]) {
-            case Array("http".utf8): break
-            case Array("https".utf8):
+        // The scheme, if any, ends at the first "://".
+        var i = start
+        while i + 2 < end && !(b[i] == 0x3A && b[i + 1] == 0x2F && b[i + 2] == 0x2F) { i += 1 }
+        if i + 2 < end {
+            let scheme = asciiLowercased(String(decoding: b[start..<i], as: UTF8.self))
+            if scheme == "https" {
                 throw .invalidURL("https:// proxies (TLS to the proxy itself) are not supported; give the proxy's plain http:// address (the tunnel stays TLS end to end inside CONNECT)")
-            default:
-                throw .invalidURL("the scheme '\(String(decoding: rest[..<s], as: UTF8.self))' is not supported; only http:// proxies are")
             }
-            rest = rest[(s + 3)...]
+            guard scheme == "http" else { throw .invalidURL("the scheme '" + scheme + "' is not supported; only http:// proxies are") }
+            start = i + 3
         }
-        if let at = rest.lastIndex(of: 0x40) {
-            let info = rest[..<at]
-            let colon = info.firstIndex(of: 0x3A) ?? info.endIndex
-            let user = try percentDecoded(info[..<colon])
+        // User and password end at the last '@' (a host cannot contain one); the user at the first ':'.
+        credentials = nil
+        i = end
+        while i > start && b[i - 1] != 0x40 { i -= 1 }
+        if i > start {
+            let at = i - 1
+            var colon = start
+            while colon < at && b[colon] != 0x3A { colon += 1 }
+            let user = try percentDecoded(b, start, colon)
             guard !user.isEmpty else { throw .invalidURL("the user name before '@' is empty") }
-            guard !user.contains(0x3A) else { throw .invalidURL("the user name contains ':', which Basic authentication cannot carry") }
-            credentials = user + [0x3A] + (colon < info.endIndex ? try percentDecoded(info[(colon + 1)...]) : [])
-            rest = rest[(at + 1)...]
-        } else {
-            credentials = nil
+            for c in user where c == 0x3A { throw .invalidURL("the user name contains ':', which Basic authentication cannot carry") }
+            credentials = user + [0x3A] + (colon < at ? try percentDecoded(b, colon + 1, at) : [])
+            start = at + 1
         }
-        if let slash = rest.firstIndex(of: 0x2F) {
-            guard slash == rest.endIndex - 1 else { throw .invalidURL("it has a path after the host; a proxy URL ends at the port") }
-            rest = rest.dropLast()
+        i = start
+        while i < end && b[i] != 0x2F { i += 1 }
+        if i < end {
+            guard i == end - 1 else { throw .invalidURL("it has a path after the host; a proxy URL ends at the port") }
+            end = i
         }
-        var portText: ArraySlice<UInt8>? = nil
-        if rest.first == 0x5B {
-            guard let close = rest.firstIndex(of: 0x5D) else { throw .invalidURL("'[' without ']' around an IPv6 address") }
-            guard let address = IPAddress(text: rest[(rest.startIndex + 1)..<close]), address.family == .v6 else {
+        var portStart = end
+        if start < end && b[start] == 0x5B {
+            var close = start
+            while close < end && b[close] != 0x5D { close += 1 }
+            guard close < end else { throw .invalidURL("'[' without ']' around an IPv6 address") }
+            host = asciiLowercased(String(decoding: b[(start + 1)..<close], as: UTF8.self))
+            guard let address = IPAddress(host), address.family == .v6 else {
                 throw .invalidURL("the part in brackets is not an IPv6 address")
             }
-            host = lowerString(rest[(rest.startIndex + 1)..<close])
-            let after = rest[(close + 1)...]
-            if !after.isEmpty {
-                guard after.first == 0x3A else { throw .invalidURL("only ':PORT' may follow ']'") }
-                portText = after.dropFirst()
+            if close + 1 < end {
+                guard b[close + 1] == 0x3A else { throw .invalidURL("only ':PORT' may follow ']'") }
+                portStart = close + 2
             }
         } else {
-            let colons = rest.filter { $0 == 0x3A }.count
-            guard colons <= 1 else { throw .invalidURL("an IPv6 address needs brackets, e.g. http://[2001:db8::1]:3128") }
-            let colon = rest.firstIndex(of: 0x3A) ?? rest.endIndex
-            let name = rest[..<colon]
-            guard !name.isEmpty, name.count <= 253 else { throw .invalidURL("the host name is empty or longer than 253 characters") }
-            for b in name where !(isAlphanumeric(b) || b == 0x2E || b == 0x2D || b == 0x5F) {
-                throw .invalidURL("the host name may only contain letters, digits, '.', '-' and '_'")
+            var colon = end
+            for k in start..<end where b[k] == 0x3A {
+                guard colon == end else { throw .invalidURL("an IPv6 address needs brackets, e.g. http://[2001:db8::1]:3128") }
+                colon = k
             }
-            host = lowerString(name)
-            if colon < rest.endIndex { portText = rest[(colon + 1)...] }
+            guard colon > start, colon - start <= 253 else { throw .invalidURL("the host name is empty or longer than 253 characters") }
+            for k in start..<colon {
+                let c = b[k] | 0x20
+                guard (c >= 0x61 && c <= 0x7A) || (b[k] >= 0x30 && b[k] <= 0x39) || b[k] == 0x2E || b[k] == 0x2D || b[k] == 0x5F else {
+                    throw .invalidURL("the host name may only contain letters, digits, '.', '-' and '_'")
+                }
+            }
+            host = asciiLowercased(String(decoding: b[start..<colon], as: UTF8.self))
+            if colon < end { portStart = colon + 1 }
         }
-        if let portText {
-            guard let n = parseDecimal(String(decoding: portText, as: UTF8.self), maxDigits: 5), n >= 1 && n <= 65535 else {
+        port = WebProxy.defaultPort
+        if portStart < end || (portStart == end && end > 0 && b[end - 1] == 0x3A) {
+            guard let n = parseDecimal(String(decoding: b[portStart..<end], as: UTF8.self), maxDigits: 5), n >= 1 && n <= 65535 else {
                 throw .invalidURL("the port must be a number from 1 to 65535")
             }
             port = UInt16(n)
-        } else {
-            port = WebProxy.defaultPort
         }
     }
 
@@ -99,9 +114,10 @@ public struct WebProxy: Equatable, CustomStringConvertible {
     /// credentials (RFC 7617) when the URL had them. `host` must already be a valid host name
     /// or address (the configuration checks the endpoint); IPv6 goes in brackets.
     public func connectRequest(host targetHost: String, port targetPort: UInt16) -> [UInt8] {
+        // Concatenation rather than interpolation: it compiles to less code (the armv7 budget).
         let target = authority(targetHost, targetPort)
-        var text = "CONNECT \(target) HTTP/1.1\r\nHost: \(target)\r\n"
-        if let credentials { text += "Proxy-Authorization: Basic \(HandshakeCrypto.base64Encode(credentials))\r\n" }
+        var text = "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n"
+        if let credentials { text += "Proxy-Authorization: Basic " + HandshakeCrypto.base64Encode(credentials) + "\r\n" }
         return Array((text + "\r\n").utf8)
     }
 
@@ -110,22 +126,26 @@ public struct WebProxy: Equatable, CustomStringConvertible {
     /// a leading `.` or `*.`) that also covers every name below it. Case-insensitive; entries
     /// with a port or a CIDR prefix match nothing.
     public static func bypasses(_ list: String, host: String) -> Bool {
-        let target = lowerBytes(Array(host.utf8)[...])
-        let targetAddress = IPAddress(text: target)
-        for item in Array(list.utf8).split(separator: 0x2C) {
-            var entry = lowerBytes(trimOWS(item))
+        let target = Array(asciiLowercased(host).utf8)
+        let targetAddress = IPAddress(host)
+        for item in splitList(list) {
+            var entry = Array(asciiLowercased(item).utf8)
             if entry == [0x2A] { return true }
             if entry.first == 0x2A { entry.removeFirst() }
             if entry.first == 0x2E { entry.removeFirst() }
-            if entry.first == 0x5B && entry.last == 0x5D { entry = Array(entry.dropFirst().dropLast()) }
-            if entry.isEmpty { continue }
+            if entry.first == 0x5B && entry.last == 0x5D && entry.count > 2 { entry = Array(entry[1..<(entry.count - 1)]) }
+            let n = target.count, m = entry.count
+            if m == 0 { continue }
             if let targetAddress {
                 // Addresses compare as addresses (::1 is 0:0::1), never as a suffix of a name.
                 if IPAddress(text: entry) == targetAddress { return true }
-            } else if target == entry || (target.count > entry.count && target.suffix(entry.count).elementsEqual(entry)
-                                          && target[target.count - entry.count - 1] == 0x2E) {
-                return true
+                continue
             }
+            // The whole name, or a suffix that starts after a dot.
+            guard n == m || (n > m && target[n - m - 1] == 0x2E) else { continue }
+            var same = true
+            for k in 0..<m where target[n - m + k] != entry[k] { same = false }
+            if same { return true }
         }
         return false
     }
@@ -181,24 +201,32 @@ public struct WebProxyAnswerReader {
 
 /// `host:port`, with an IPv6 address in brackets.
 func authority(_ host: String, _ port: UInt16) -> String {
-    host.utf8.contains(0x3A) ? "[\(host)]:\(port)" : "\(host):\(port)"
+    // Loops over Array(utf8), not over the String's views: those are not specialised elsewhere
+    // in the device binary and would add their code (as would `contains` or `prefix` on them).
+    var v6 = false
+    for b in Array(host.utf8) where b == 0x3A { v6 = true }
+    return (v6 ? "[" + host + "]" : host) + ":\(port)"
 }
 
 /// Peer-supplied text for a log line: at most 128 bytes, control bytes shown as '?'.
 func printable(_ text: String) -> String {
-    String(decoding: text.utf8.prefix(128).map { $0 < 0x20 || $0 == 0x7F ? 0x3F : $0 }, as: UTF8.self)
+    var out = Array(text.utf8)
+    if out.count > 128 { out.removeLast(out.count - 128) }
+    for i in 0..<out.count where out[i] < 0x20 || out[i] == 0x7F { out[i] = 0x3F }
+    return String(decoding: out, as: UTF8.self)
 }
 
-private func percentDecoded(_ bytes: ArraySlice<UInt8>) throws(WebProxyError) -> [UInt8] {
+/// Percent-decodes `b[from..<to]` (the user or the password of a proxy URL).
+private func percentDecoded(_ b: [UInt8], _ from: Int, _ to: Int) throws(WebProxyError) -> [UInt8] {
     var out: [UInt8] = []
-    var i = bytes.startIndex
-    while i < bytes.endIndex {
-        guard bytes[i] == 0x25 else {
-            out.append(bytes[i])
+    var i = from
+    while i < to {
+        guard b[i] == 0x25 else {
+            out.append(b[i])
             i += 1
             continue
         }
-        guard i + 2 < bytes.endIndex, let hi = hexValue(bytes[i + 1]), let lo = hexValue(bytes[i + 2]) else {
+        guard i + 2 < to, let hi = hexValue(b[i + 1]), let lo = hexValue(b[i + 2]) else {
             throw .invalidURL("a '%' in the user or password is not followed by two hex digits")
         }
         guard hi | lo != 0 else { throw .invalidURL("the user or password contains %00, which cannot be sent") }
@@ -206,22 +234,4 @@ private func percentDecoded(_ bytes: ArraySlice<UInt8>) throws(WebProxyError) ->
         i += 3
     }
     return out
-}
-
-private func find(_ bytes: ArraySlice<UInt8>, _ needle: [UInt8]) -> Int? {
-    guard bytes.count >= needle.count else { return nil }
-    for i in bytes.startIndex...(bytes.endIndex - needle.count) where bytes[i..<(i + needle.count)].elementsEqual(needle) {
-        return i
-    }
-    return nil
-}
-
-private func lowerBytes(_ bytes: ArraySlice<UInt8>) -> [UInt8] {
-    bytes.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }
-}
-
-private func lowerString(_ bytes: ArraySlice<UInt8>) -> String { String(decoding: lowerBytes(bytes), as: UTF8.self) }
-
-private func isAlphanumeric(_ b: UInt8) -> Bool {
-    (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A)
 }
