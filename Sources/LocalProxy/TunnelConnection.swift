@@ -263,14 +263,12 @@ public final class TunnelConnection: TunnelPipelineHandler {
             logger.debug("\(firstHop) answered \(status): starting TLS with \(target) through it")
             state = .tlsHandshake
             drive()
+        case .refused(let status, let reason) where status == 407:
+            fail(.proxyAuthentication(endpoint.webProxy?.credentials == nil
+                ? "\(firstHop) requires credentials (407 \(reason)): give them in https_proxy as http://USER:PASSWORD@HOST:PORT"
+                : "\(firstHop) refused the credentials (407 \(reason)): check the user and password in https_proxy"))
         case .refused(let status, let reason):
-            let proxyAuthentication = status == 407
-            let anonymous = endpoint.webProxy?.credentials == nil
-            let why = firstHop + (!proxyAuthentication ? " refused to connect to " + target + ": "
-                                  : anonymous ? " requires credentials (" : " refused the credentials (") + "\(status) " + reason
-                + (!proxyAuthentication ? "" : anonymous ? "): give them in https_proxy as http://USER:PASSWORD@HOST:PORT"
-                                                   : "): check the user and password in https_proxy")
-            fail(proxyAuthentication ? .proxyAuthentication(why) : .failed(why))
+            fail(.failed("\(firstHop) refused to connect to \(target): \(status) \(reason)"))
         }
     }
 
