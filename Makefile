@@ -28,7 +28,7 @@ VENV         := .venv
 PY           := $(VENV)/bin/python
 # patch and xz-utils: the static builds apply Debian's patches to libuv (a .debian.tar.xz).
 APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev m4 \
-                patch xz-utils
+                patch xz-utils squid
 # The packaging tests (Tests/Peers/test_packaging.py, docs/GATEWAY.md): shell and unit linters,
 # Debian's and BusyBox's start-stop-daemon, dpkg-deb and lintian for the .debs.
 APT_PACKAGES += shellcheck systemd busybox lintian dpkg-dev fakeroot

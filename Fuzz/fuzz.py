@@ -60,6 +60,7 @@ TARGETS = {
     "websocket-frame": CORE,
     "tunnel-message": CORE,
     "upgrade-response": CORE,
+    "web-proxy": CORE,
     "dns-message": CORE,
     "resolver-files": CORE,
     "config-file": PROXY,

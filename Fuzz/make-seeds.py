@@ -320,12 +320,30 @@ def upgrade_request_seeds():
     seed(t, "then-frames", upgrade_request().encode() + frame(0x2, b"early", key=RFC_KEY))
 
 
+# --- A web proxy's answer to CONNECT, a proxy URL, a no_proxy list (PROTOCOL.md §2.3) ------------
+
+
+def web_proxy_seeds():
+    t = "web-proxy"
+    seed(t, "squid-200", "HTTP/1.1 200 Connection established\r\n\r\n")
+    seed(t, "200-then-tls", b"HTTP/1.0 200 OK\r\nProxy-Agent: x\r\n\r\n\x16\x03\x03\x00\x7a\x02")
+    seed(t, "407", "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"gw\"\r\n"
+         "Content-Length: 5\r\n\r\nhello")
+    seed(t, "403", "HTTP/1.1 403 Forbidden\r\nX-Squid-Error: ERR_ACCESS_DENIED 0\r\n\r\n")
+    seed(t, "bare-lf", "HTTP/1.1 200 OK\n\n")
+    seed(t, "url-credentials", "http://user:p%40ss%3Aw%20rd@proxy.example.com:8080/")
+    seed(t, "url-ipv6", "http://[2001:db8::1]:3128")
+    seed(t, "url-bare", "10.0.0.1")
+    seed(t, "no-proxy", "localhost, .amazonaws.com,*.example.com,[::1],127.0.0.1")
+
+
 def main(argv):
     if len(argv) != 1:
         sys.exit(__doc__)
     websocket_seeds()
     tunnel_seeds()
     upgrade_response_seeds()
+    web_proxy_seeds()
     dns_seeds()
     resolver_seeds()
     config_seeds()

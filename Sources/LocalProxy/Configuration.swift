@@ -48,6 +48,10 @@ public struct Configuration {
     public var logFormat = LogFormat.text
     /// `--syslog`: the system log socket lines go to (nil: standard error).
     public var systemLogPath: String? = nil
+    /// The web proxy the service is reached through (`https_proxy`), nil for a direct connection.
+    public var webProxy: WebProxy? = nil
+    /// What to log once about the web proxy: which one is used, or that `no_proxy` bypasses it.
+    public var webProxyNote: String? = nil
     /// Warnings found while parsing (logged once the logger is set up).
     public var warnings: [String] = []
 
@@ -357,6 +361,7 @@ public enum ConfigurationParser {
             c.pongTimeoutMilliseconds = value
         }
         try parseNameResolution(last("dns"), environment: environment, into: &c)
+        try parseWebProxy(environment: environment, into: &c)
 
         switch c.mode {
         case .destination:
@@ -551,6 +556,26 @@ public enum ConfigurationParser {
         if overridden && (c.resolverMode ?? Resolver.mode) == .system {
             c.warnings.append("LOCALPROXY_RESOLV_CONF, LOCALPROXY_HOSTS and LOCALPROXY_DNS_PORT apply to the built-in resolver only (--dns builtin)")
         }
+    }
+
+    /// The web proxy from `https_proxy` (or `HTTPS_PROXY`), unless `no_proxy` (or `NO_PROXY`)
+    /// covers the endpoint host; a bypassed proxy's URL is not checked, since it is not used.
+    static func parseWebProxy(environment: (String) -> String?, into c: inout Configuration) throws(ConfigurationError) {
+        let name = environment("https_proxy") != nil ? "https_proxy" : "HTTPS_PROXY"
+        guard let value = environment(name), !trim(value).isEmpty else { return }
+        let noProxyName = environment("no_proxy") != nil ? "no_proxy" : "NO_PROXY"
+        if let list = environment(noProxyName), WebProxy.bypasses(list, host: c.endpointHost) {
+            c.webProxyNote = "\(noProxyName) covers \(c.endpointHost): connecting to the service directly, not through the web proxy of \(name)"
+            return
+        }
+        let proxy: WebProxy
+        do {
+            proxy = try WebProxy(url: value)
+        } catch {
+            throw ConfigurationError("\(name): \(error); expected http://[USER:PASSWORD@]HOST[:PORT] (port 3128 by default)")
+        }
+        c.webProxy = proxy
+        c.webProxyNote = "connecting to the service through the web proxy \(proxy)\(proxy.credentials == nil ? "" : " with credentials") (from \(name))"
     }
 
     static func intOption(_ value: String?, _ name: String, _ range: ClosedRange<Int>, _ fallback: Int) throws(ConfigurationError) -> Int {

@@ -38,6 +38,7 @@ public enum LocalProxyMain {
         if let path = configuration.systemLogPath { logger.useSystemLog(path: path) }
         logger.info("localproxy \(LocalProxyVersion.string), \(configuration.mode) mode; TLS: \(CryptoBackend.description)")
         for warning in configuration.warnings { logger.warning(warning) }
+        if let note = configuration.webProxyNote { logger.info(note) }
         if let coreDumpError { logger.warning("\(coreDumpError): a crash could write the access token to a core file") }
         ignoreBrokenPipeSignal()
         useNameResolution(of: configuration, logger: logger)
@@ -157,13 +158,18 @@ public enum LocalProxyMain {
 
     Environment: AWSIOT_TUNNEL_ACCESS_TOKEN, AWSIOT_TUNNEL_CLIENT_TOKEN, AWSIOT_TUNNEL_ENDPOINT,
     AWSIOT_TUNNEL_REGION (the command line takes precedence).
+      https_proxy, HTTPS_PROXY      reach the service through this HTTP proxy (CONNECT):
+                                    http://[USER:PASSWORD@]HOST[:PORT], port 3128 by default;
+                                    https:// proxies are not supported
+      no_proxy, NO_PROXY            hosts reached directly: *, NAME, .DOMAIN or IP, comma-separated
 
     Signals: TERM or INT stop (local connections get 2 s to finish writing); HUP re-reads
     --access-token-file and reconnects if the token changed; USR1 logs one line of statistics.
     Under systemd (NOTIFY_SOCKET set) it reports readiness, reloads and stopping (Type=notify).
 
-    Exit codes: 0 stopped or tunnel closed by the service; 1 configuration error; 2 access
-    token rejected (a new token is needed); 3 the service's certificate did not verify.
+    Exit codes: 0 stopped or tunnel closed by the service; 1 configuration error, or the web
+    proxy refused its credentials (407: not retried); 2 access token rejected (a new token is
+    needed); 3 the service's certificate did not verify. Other web proxy refusals are retried.
 
     """
 }

@@ -23,6 +23,8 @@ public enum TunnelCloseReason: CustomStringConvertible {
     case rejected(status: Int, reason: String, body: String)
     /// The service's certificate did not verify.
     case certificate(TLSError)
+    /// The web proxy wants other credentials (407): retrying with the same ones cannot help.
+    case proxyAuthentication(String)
     /// Transport, TLS or protocol failure: worth reconnecting.
     case failed(String)
     /// `stop()` finished.
@@ -36,7 +38,7 @@ public enum TunnelCloseReason: CustomStringConvertible {
             return "rejected the connection: \(status) \(reason)\(body.isEmpty ? "" : ": \(body)")"
         case .certificate(let error):
             return "certificate problem: \(error)"
-        case .failed(let why):
+        case .failed(let why), .proxyAuthentication(let why):
             return why
         case .stopped:
             return "stopped"
@@ -50,18 +52,22 @@ public struct TunnelEndpoint {
     public var mode: TunnelMode
     public var accessToken: String
     public var clientToken: String?
+    /// The web proxy to cross with CONNECT (`https_proxy`), or nil to connect directly.
+    public var webProxy: WebProxy?
 
-    public init(host: String, port: UInt16, mode: TunnelMode, accessToken: String, clientToken: String?) {
+    public init(host: String, port: UInt16, mode: TunnelMode, accessToken: String, clientToken: String?, webProxy: WebProxy? = nil) {
         self.host = host
         self.port = port
         self.mode = mode
         self.accessToken = accessToken
         self.clientToken = clientToken
+        self.webProxy = webProxy
     }
 }
 
 /// One WebSocket connection to the tunneling service: TCP, then TLS (mbedTLS over rings), then
-/// the HTTP upgrade, then tunnel messages in binary frames. Client role.
+/// the HTTP upgrade, then tunnel messages in binary frames. Client role. With a web proxy, the
+/// TCP connection goes to the proxy, which is asked to CONNECT to the service before TLS starts.
 ///
 /// The bytes go through a `TunnelPipeline` (the same one the emulated service runs as a
 /// server): socket → `tls.ciphertextIn` → decrypt → plaintext → WebSocket decoder → tunnel
@@ -72,6 +78,9 @@ public final class TunnelConnection: TunnelPipelineHandler {
     enum State {
         case resolving
         case connecting
+        /// Connected to the web proxy and sent CONNECT; reading its answer. Next: tlsHandshake
+        /// once the proxy answered 2xx, closed otherwise.
+        case proxyConnecting
         case tlsHandshake
         case upgrading
         case open
@@ -108,6 +117,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
     private var socket: Stream? = nil
     private var pipeline: TunnelPipeline? = nil
     private var responseReader: WebSocketUpgradeResponseReader? = nil
+    private var proxyReader: WebProxyAnswerReader? = nil
     private var writing = false
     private var closeReported = false
     private let timer: Timer
@@ -128,20 +138,27 @@ public final class TunnelConnection: TunnelPipelineHandler {
     }
 
     var target: String { "\(endpoint.host):\(endpoint.port)" }
+    /// What the TCP connection goes to: the service, or the web proxy in front of it.
+    var firstHop: String { endpoint.webProxy.map { "the web proxy at \($0.address)" } ?? target }
 
     // MARK: Connecting
 
     /// Starts connecting; the outcome arrives through the delegate.
     public func start(handshakeTimeoutMilliseconds: UInt64 = 30_000) {
         timer.start(after: handshakeTimeoutMilliseconds) { [self] in
-            if state != .open && state != .closed { fail(.failed("no WebSocket connection to \(target) within \(handshakeTimeoutMilliseconds / 1000) s")) }
+            if state == .proxyConnecting {
+                fail(.failed("\(firstHop) did not answer CONNECT within \(handshakeTimeoutMilliseconds / 1000) s"))
+            } else if state != .open && state != .closed {
+                fail(.failed("no WebSocket connection to \(target) within \(handshakeTimeoutMilliseconds / 1000) s"))
+            }
         }
-        logger.debug("resolving \(endpoint.host)")
-        Resolver.resolve(loop: loop, host: endpoint.host, port: endpoint.port) { [self] result in
+        let host = endpoint.webProxy?.host ?? endpoint.host
+        logger.debug("resolving \(host)")
+        Resolver.resolve(loop: loop, host: host, port: endpoint.webProxy?.port ?? endpoint.port) { [self] result in
             guard state == .resolving else { return }
             switch result {
             case .success(let addresses): connect(addresses, index: 0)
-            case .failure(let error): fail(.failed("\(error)"))
+            case .failure(let error): fail(.failed(endpoint.webProxy == nil ? "\(error)" : "\(firstHop): \(error)"))
             }
         }
     }
@@ -161,7 +178,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
                     logger.debug("\(error); trying the next address")
                     connect(addresses, index: index + 1)
                 } else {
-                    fail(.failed("cannot connect to \(target): \(error)"))
+                    fail(.failed("cannot connect to \(firstHop): \(error)"))
                 }
                 return
             }
@@ -170,11 +187,14 @@ public final class TunnelConnection: TunnelPipelineHandler {
                                                count: TunnelConnection.keepAlive.count) {
                 logger.warning("\(error): a dropped path will be noticed by the ping deadline only")
             }
-            startTLS(stream)
+            startReading(stream)
         }
     }
 
-    private func startTLS(_ stream: Stream) {
+    /// Sets up TLS (SNI and host check on the endpoint, also through a proxy) and reads the
+    /// socket into its input ring. Through a web proxy the proxy's answer lands in that ring
+    /// first: the answer reader consumes its head, and whatever follows stays for TLS.
+    private func startReading(_ stream: Stream) {
         let engine: TLSEngine
         do {
             engine = try TLSEngine(configuration: tlsConfiguration, serverName: endpoint.host)
@@ -183,24 +203,73 @@ public final class TunnelConnection: TunnelPipelineHandler {
             fail(.failed("\(error)"))
             return
         }
-        state = .tlsHandshake
         stream.allocate = { [unowned(unsafe) engine] in engine.ciphertextIn.writableSpans.0 }
         stream.onRead = { [self] result in
             switch result {
             case .success(let n):
                 engine.ciphertextIn.commit(n)
                 lastHeard = loop.now
-                drive()
+                if state == .proxyConnecting { readProxyAnswer() } else { drive() }
             case .failure(let error):
-                if error.code == UVError.endOfFile {
+                if state == .proxyConnecting {
+                    fail(.failed("\(firstHop) closed the connection before answering CONNECT\(error.code == UVError.endOfFile ? "" : ": \(error)")"))
+                } else if error.code == UVError.endOfFile {
                     fail(.failed(state == .open ? "the service closed the connection without a close frame" : "the service closed the connection during the handshake"))
                 } else {
                     fail(.failed("connection to \(target) lost: \(error)"))
                 }
             }
         }
+        state = endpoint.webProxy == nil ? .tlsHandshake : .proxyConnecting
         stream.startReading()
-        drive()
+        guard state != .closed else { return }
+        if let proxy = endpoint.webProxy {
+            proxyReader = WebProxyAnswerReader()
+            let request = proxy.connectRequest(host: endpoint.host, port: endpoint.port)
+            // The request goes out through the ring TLS writes to, which is empty until TLS starts.
+            guard request.withUnsafeBytes({ engine.ciphertextOut.write($0) }) else {
+                fail(.failed("the CONNECT request of \(request.count) bytes does not fit the output buffer"))
+                return
+            }
+            logger.debug("asking \(firstHop) to CONNECT to \(target)")
+            flush()
+        } else {
+            drive()
+        }
+    }
+
+    /// Reads the web proxy's answer to CONNECT from the input ring, consuming only its head.
+    private func readProxyAnswer() {
+        guard var reader = proxyReader, let pipeline else { return }
+        let ring = pipeline.tls.ciphertextIn
+        var answer: WebProxyAnswer? = nil
+        do {
+            while answer == nil && ring.readableCount > 0 {
+                let span = UnsafeRawBufferPointer(ring.readableSpans.0)
+                if span.isEmpty { break }
+                var input = span
+                answer = try reader.read(&input)
+                ring.consume(span.count - input.count)
+            }
+        } catch {
+            fail(.failed("\(firstHop) answered CONNECT with something that is not an HTTP response: \(error)"))
+            return
+        }
+        proxyReader = reader
+        guard let answer else { return }
+        proxyReader = nil
+        switch answer {
+        case .established(let status):
+            logger.debug("\(firstHop) answered \(status): starting TLS with \(target) through it")
+            state = .tlsHandshake
+            drive()
+        case .refused(let status, let reason) where status == 407:
+            fail(.proxyAuthentication(endpoint.webProxy?.credentials == nil
+                ? "\(firstHop) requires credentials (407 \(reason)): give them in https_proxy as http://USER:PASSWORD@HOST:PORT"
+                : "\(firstHop) refused the credentials (407 \(reason)): check the user and password in https_proxy"))
+        case .refused(let status, let reason):
+            fail(.failed("\(firstHop) refused to connect to \(target): \(status) \(reason)"))
+        }
     }
 
     // MARK: The pump
@@ -208,7 +277,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
     /// Moves bytes through the pipeline as far as buffers allow, then sends what it produced.
     /// Called after each read, after each completed write, and when the delegate resumes.
     private func drive() {
-        guard !processing else { return }
+        guard !processing, state != .proxyConnecting else { return }
         processing = true
         defer { processing = false }
         guard let pipeline, let socket else { return }

@@ -7,7 +7,8 @@ import TunnelTLS
 public enum ExitCode {
     /// Stopped by a signal, or the service closed the tunnel.
     public static let normal: Int32 = 0
-    /// Bad command line or configuration, or a configuration that cannot serve this tunnel.
+    /// Bad command line or configuration, a configuration that cannot serve this tunnel, or
+    /// credentials the web proxy refused (407).
     public static let configuration: Int32 = 1
     /// The service refused the access token (4xx): a new token is needed.
     public static let rejected: Int32 = 2
@@ -113,7 +114,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     private func connect() {
         guard !stopping else { return }
         let endpoint = TunnelEndpoint(host: configuration.endpointHost, port: configuration.endpointPort, mode: configuration.mode,
-                                      accessToken: accessToken, clientToken: clientToken)
+                                      accessToken: accessToken, clientToken: clientToken, webProxy: configuration.webProxy)
         let connection = TunnelConnection(loop: loop, endpoint: endpoint, tls: tlsConfiguration, random: random,
                                           logger: logger, pingIntervalMilliseconds: configuration.pingIntervalMilliseconds,
                                           pongTimeoutMilliseconds: configuration.effectivePongTimeoutMilliseconds)
@@ -189,6 +190,12 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         case .certificate(let error):
             logger.error("the service's TLS certificate was not accepted: \(error). Check -c/--capath and the endpoint name, or the system clock")
             finish(ExitCode.certificate)
+        case .proxyAuthentication(let why):
+            // The credentials come from the environment, which this process cannot see change:
+            // retrying could only repeat the refusal. Exit so that whoever fixes them (and a
+            // service manager restarting us) starts a process with the new ones.
+            logger.error("\(why); exiting with code \(ExitCode.configuration)")
+            finish(ExitCode.configuration)
         case .failed(let why):
             logger.warning("tunnel connection ended: \(why)")
             scheduleReconnect()

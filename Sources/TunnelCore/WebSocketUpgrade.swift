@@ -372,7 +372,7 @@ struct BodyReader {
     }
 }
 
-private func hexValue(_ b: UInt8) -> Int? {
+func hexValue(_ b: UInt8) -> Int? {
     switch b {
     case 0x30...0x39: return Int(b - 0x30)
     case 0x41...0x46: return Int(b - 0x41 + 10)

@@ -940,8 +940,67 @@ private func tcp(_ host: String, _ port: UInt16, _ service: String = "") -> Serv
         }
     }
 
+    // MARK: Web proxy (https_proxy, no_proxy)
+
+    @Test func noProxyVariableMeansADirectConnection() throws {
+        let c = try world.run(base)
+        #expect(c.webProxy == nil)
+        #expect(c.webProxyNote == nil)
+        var w = World()
+        w.environment["https_proxy"] = "  "
+        #expect(try w.run(base).webProxy == nil)
+    }
+
+    @Test func lowerCaseHttpsProxyIsPreferred() throws {
+        var w = World()
+        w.environment["HTTPS_PROXY"] = "http://upper:8080"
+        #expect(try w.run(base).webProxy == WebProxy(host: "upper", port: 8080))
+        w.environment["https_proxy"] = "lower"
+        let c = try w.run(base)
+        #expect(c.webProxy == WebProxy(host: "lower", port: 3128))
+        #expect(c.webProxyNote == "connecting to the service through the web proxy http://lower:3128 (from https_proxy)")
+    }
+
+    @Test func credentialsAreMentionedButNeverShown() throws {
+        var w = World()
+        w.environment["HTTPS_PROXY"] = "http://gateway:\(secret)@10.1.2.3:3129"
+        let c = try w.run(base)
+        #expect(c.webProxy?.credentials == Array("gateway:\(secret)".utf8))
+        #expect(c.webProxyNote == "connecting to the service through the web proxy http://10.1.2.3:3129 with credentials (from HTTPS_PROXY)")
+        w.environment["HTTPS_PROXY"] = "http://gateway:\(secret)%00@10.1.2.3:3129"
+        let message = w.failure(base, mentioning: "HTTPS_PROXY", "%00", "http://[USER:PASSWORD@]HOST[:PORT]")
+        #expect(!message.contains(secret))
+    }
+
+    @Test func httpsSchemeIsAClearConfigurationError() {
+        var w = World()
+        w.environment["https_proxy"] = "https://proxy:443"
+        w.failure(base, mentioning: "https_proxy", "https:// proxies", "not supported", "http://")
+    }
+
+    @Test func noProxyBypassesTheProxyForTheEndpoint() throws {
+        var w = World()
+        w.environment["https_proxy"] = "http://proxy:3128"
+        w.environment["NO_PROXY"] = "localhost,.amazonaws.com"
+        var c = try w.run(base)
+        #expect(c.webProxy == nil)
+        #expect(c.webProxyNote == "NO_PROXY covers data.tunneling.iot.us-east-1.amazonaws.com: connecting to the service directly, not through the web proxy of https_proxy")
+        // no_proxy is preferred to NO_PROXY, as https_proxy is to HTTPS_PROXY.
+        w.environment["no_proxy"] = "localhost"
+        c = try w.run(base)
+        #expect(c.webProxy == WebProxy(host: "proxy", port: 3128))
+        // The endpoint of -e is the host compared.
+        w.environment["no_proxy"] = "127.0.0.1"
+        c = try w.run(["-e", "127.0.0.1:8443", "-d", "22"])
+        #expect(c.webProxy == nil)
+        // A bypassed proxy is not used, so a URL this program could not use is no error.
+        w.environment["https_proxy"] = "https://proxy"
+        #expect(try w.run(["-e", "127.0.0.1:8443", "-d", "22"]).webProxy == nil)
+    }
+
     @Test func helpNamesTheEnvironment() {
-        for name in ["AWSIOT_TUNNEL_ACCESS_TOKEN", "AWSIOT_TUNNEL_CLIENT_TOKEN", "AWSIOT_TUNNEL_ENDPOINT", "AWSIOT_TUNNEL_REGION"] {
+        for name in ["AWSIOT_TUNNEL_ACCESS_TOKEN", "AWSIOT_TUNNEL_CLIENT_TOKEN", "AWSIOT_TUNNEL_ENDPOINT", "AWSIOT_TUNNEL_REGION",
+                     "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"] {
             #expect(LocalProxyMain.helpText.contains(name))
         }
     }

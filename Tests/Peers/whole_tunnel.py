@@ -171,8 +171,10 @@ class WholeTunnel:
                 "--reconnect-delay-max-ms", "1000", *extra]
 
     def _env(self, side: str) -> dict:
-        # Nothing from the caller's environment may decide the token or endpoint.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWSIOT_TUNNEL_")}
+        # Nothing from the caller's environment may decide the token, the endpoint or a web
+        # proxy on the way to it (test_http_proxy.py sets its own).
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("AWSIOT_TUNNEL_") and k.lower() not in ("https_proxy", "no_proxy")}
         if self.token_via == "env":
             env["AWSIOT_TUNNEL_ACCESS_TOKEN"] = self.token_file[side].read_text().strip()
         return env
