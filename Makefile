@@ -560,7 +560,8 @@ VERSION     := $(shell sed -n 's/.*string = "\(.*\)".*/\1/p' Sources/LocalProxy/
 DEB_BIN     := .build-embedded/$(ARCH)-static/localproxy.stripped
 DEB_CHECK_ARCHES ?= amd64 arm64 armhf
 deb: $(DEB_BIN) | deps-apt
-	scripts/build-deb.sh $(DEB_ARCH) $(DEB_BIN) $(DEB_DIR)/stage-$(DEB_ARCH) $(DEB_DIR) $(VERSION)
+	LIBUV_TARBALL=$(DOWNLOADS)/$(LIBUV_TARBALL) SODIUM_TARBALL=$(DOWNLOADS)/$(SODIUM_TARBALL) \
+	  scripts/build-deb.sh $(DEB_ARCH) $(DEB_BIN) $(DEB_DIR)/stage-$(DEB_ARCH) $(DEB_DIR) $(VERSION)
 
 $(DEB_BIN): $(wildcard Sources/*/*.swift Sources/*/*.h) | $(if $(filter x86_64,$(ARCH)),deps-apt,deps-cross)
 	$(MAKE) embedded ARCH=$(ARCH) LINK=static

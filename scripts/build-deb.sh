@@ -44,6 +44,17 @@ install -d -m 0755 "$doc"
 install -m 0644 "$here/packaging/debian/copyright" "$doc/copyright"
 install -m 0644 "$here/NOTICES.md" "$doc/NOTICES.md"
 gzip -9n -c "$here/docs/GATEWAY.md" > "$doc/GATEWAY.md.gz" && chmod 0644 "$doc/GATEWAY.md.gz"
+# The MIT (libuv) and ISC (libsodium) licences ask for their notices to travel with every copy,
+# and Debian's common-licenses has neither: they are taken from the very source tarballs the
+# binary was built from (the Makefile names them in LIBUV_TARBALL and SODIUM_TARBALL).
+notice() { # NAME TARBALL
+	[ -f "$2" ] || { echo "build-deb: $2 is missing: build the binary with make embedded first" >&2; exit 1; }
+	tar -xzOf "$2" --wildcards '*/LICENSE' > "$doc/$1"
+	[ -s "$doc/$1" ] || { echo "build-deb: no LICENSE in $2" >&2; exit 1; }
+	chmod 0644 "$doc/$1"
+}
+notice LICENSE.libuv "${LIBUV_TARBALL:?set by the Makefile}"
+[ "$arch" != amd64 ] || notice LICENSE.libsodium "${SODIUM_TARBALL:?set by the Makefile}"
 # A changelog entry for this version (the project keeps its history in git). The version has
 # no Debian revision: a native package, whose changelog is changelog.gz.
 date=$(date -R -u -d "@${SOURCE_DATE_EPOCH:-$(git -C "$here" log -1 --format=%ct)}")

@@ -773,6 +773,8 @@ DEB_FILES = {
     "./usr/share/doc/localproxy/copyright": 0o644,
     "./usr/share/doc/localproxy/NOTICES.md": 0o644,
     "./usr/share/doc/localproxy/changelog.gz": 0o644,
+    # The MIT notice of libuv must travel with the binary (common-licenses has no MIT text).
+    "./usr/share/doc/localproxy/LICENSE.libuv": 0o644,
 }
 
 
@@ -805,6 +807,8 @@ def test_deb_file_info_and_contents(arch, debs, tmp_path):
         want = stat.filemode(mode | (stat.S_IFDIR if path.endswith("/") else stat.S_IFREG))
         assert perms == want, f"{path} has {perms}, expected {want}"
     assert "./etc/localproxy/access-token" not in listed, "the package must not ship a token"
+    # libsodium (ISC) is linked into the x86_64 build only; its notice goes with it.
+    assert ("./usr/share/doc/localproxy/LICENSE.libsodium" in listed) == (arch == "amd64"), sorted(listed)
 
     conffiles = run(["dpkg-deb", "--info", str(deb), "conffiles"]).stdout.split()
     assert sorted(conffiles) == sorted(["/etc/default/localproxy", "/etc/init.d/localproxy",
@@ -821,6 +825,8 @@ def test_deb_file_info_and_contents(arch, debs, tmp_path):
         {n for n in needed if n.startswith("ld-linux")} | ({"libgcc_s.so.1"} if "libgcc-s1" in fields["Depends"] else set()), \
         f"{deb.name}: the binary needs {needed}; Depends: {fields['Depends']}"
     assert ".symtab" not in run(["readelf", "-S", str(binary)]).stdout, "the binary is not stripped"
+    libuv_notice = (tmp_path / "usr/share/doc/localproxy/LICENSE.libuv").read_text()
+    assert "Permission is hereby granted, free of charge" in libuv_notice, libuv_notice[:400]
 
 
 @pytest.mark.parametrize("arch", DEB_ARCHES)
