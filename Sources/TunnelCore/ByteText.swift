@@ -16,24 +16,26 @@
 extension String {
     /// Whether both hold the same UTF-8 bytes (`==` without canonical equivalence).
     public func bytesEqual(_ other: String) -> Bool {
-        utf8.count == other.utf8.count && utf8.elementsEqual(other.utf8)
+        byteMatch(self, other, atEnd: false, wholeLength: true)
     }
 
     /// Whether the UTF-8 bytes start with those of `prefix`.
     public func hasBytePrefix(_ prefix: String) -> Bool {
-        utf8.starts(with: prefix.utf8)
+        byteMatch(self, prefix, atEnd: false, wholeLength: false)
     }
 
     /// Whether the UTF-8 bytes end with those of `suffix`.
     public func hasByteSuffix(_ suffix: String) -> Bool {
-        let n = utf8.count, m = suffix.utf8.count
-        return m <= n && utf8.dropFirst(n - m).elementsEqual(suffix.utf8)
+        byteMatch(self, suffix, atEnd: true, wholeLength: false)
     }
 
     /// Whether the ASCII byte `byte` occurs.
     public func containsByte(_ byte: UInt8) -> Bool {
-        for b in utf8 where b == byte { return true }
-        return false
+        var text = self
+        return text.withUTF8 { bytes in
+            for b in bytes where b == byte { return true }
+            return false
+        }
     }
 
     /// The text before and after the first ASCII byte `separator`, or nil if there is none.
@@ -57,11 +59,32 @@ extension String {
 
     /// Equality with ASCII letters compared case-insensitively (HTTP header names and tokens).
     public func equalsIgnoringASCIICase(_ other: String) -> Bool {
-        guard utf8.count == other.utf8.count else { return false }
-        for (a, b) in zip(utf8, other.utf8) where a != b {
-            guard a | 0x20 == b | 0x20, a | 0x20 >= 0x61 && a | 0x20 <= 0x7A else { return false }
+        var a = self, b = other
+        return a.withUTF8 { a in
+            b.withUTF8 { b in
+                guard a.count == b.count else { return false }
+                for i in 0..<a.count where a[i] != b[i] {
+                    let lower = a[i] | 0x20
+                    guard lower == b[i] | 0x20, lower >= 0x61 && lower <= 0x7A else { return false }
+                }
+                return true
+            }
         }
-        return true
+    }
+}
+
+/// Whether the bytes of `part` are those at the start (or the end) of `whole`, or all of it.
+/// One loop over contiguous bytes serves `==`, prefixes and suffixes: the generic `starts(with:)`
+/// and `elementsEqual` over `String.UTF8View` cost about 4 KB of armv7 code.
+private func byteMatch(_ whole: String, _ part: String, atEnd: Bool, wholeLength: Bool) -> Bool {
+    var whole = whole, part = part
+    return whole.withUTF8 { w in
+        part.withUTF8 { p in
+            guard wholeLength ? p.count == w.count : p.count <= w.count else { return false }
+            let start = atEnd ? w.count - p.count : 0
+            for i in 0..<p.count where w[start + i] != p[i] { return false }
+            return true
+        }
     }
 }
 
@@ -87,7 +110,7 @@ public struct Bytewise: Hashable, ExpressibleByStringLiteral, CustomStringConver
     public static func == (a: Bytewise, b: Bytewise) -> Bool { a.text.bytesEqual(b.text) }
 
     public func hash(into hasher: inout Hasher) {
-        for b in text.utf8 { hasher.combine(b) }
-        hasher.combine(text.utf8.count)
+        var text = self.text
+        text.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
     }
 }
