@@ -9,11 +9,22 @@ so any architecture works without a cross binutils. A binary over its budget mak
 status 1, with the excess named. A missing binary is an error too: a budget that measured
 nothing must not pass. With --map (an lld link map, `-Wl,-Map`), the loaded bytes are also
 split by where they come from: the Swift objects, each static library, and the linker's own
-(merged strings, relocations, PLT).
+(merged strings, relocations, PLT); and a map that shows the Unicode normalisation or grapheme
+tables of the Embedded stdlib (libswiftUnicodeDataTables.a) linked in makes the exit status 1:
+the device modules compare text as bytes so that those ~38 KB stay out (docs/FOOTPRINT.md).
 """
 import os
+import re
 import struct
 import sys
+
+UNICODE_TABLES_LIBRARY = "libswiftUnicodeDataTables.a"
+# The tables themselves and the functions of the library that read them: String comparison and
+# hashing (normalisation) and Character boundaries (grapheme breaking) are what reach them.
+UNICODE_TABLE_SYMBOL = re.compile(
+    r"_swift_stdlib_(?:nfd_decomp|nfc_comp|normData|graphemeBreakProperties|InCB_Consonant|emojiData"
+    r"|getNormData|getComposition|getDecompositionEntry|getGraphemeBreakProperty|isInCB_Consonant"
+    r"|isExtendedPictographic)\w*")
 
 SHF_ALLOC = 0x2
 SHT_NOBITS = 8
@@ -93,6 +104,35 @@ def origins(map_path):
     return totals
 
 
+def loaded_lines(map_path):
+    """(output section, size, body) of each line of an lld map inside a loaded output section."""
+    section = None
+    for line in open(map_path, errors="replace"):
+        fields = line.split(None, 4)
+        if len(fields) < 5 or not all(c in "0123456789abcdef" for c in fields[2]):
+            continue
+        body = fields[4].strip()
+        if body.startswith(".") and ":(" not in body:
+            section = body
+            continue
+        if section is None or section.startswith((".debug", ".comment", ".symtab", ".strtab", ".shstrtab")):
+            continue
+        yield section, int(fields[2], 16), body
+
+
+def unicode_tables(map_path):
+    """Bytes of input sections from libswiftUnicodeDataTables.a and the table symbols an lld map
+    shows linked (bytes 0 and no names when the tables are out)."""
+    size = 0
+    names = set()
+    for _section, length, body in loaded_lines(map_path):
+        if ":(" in body and UNICODE_TABLES_LIBRARY + "(" in body:
+            size += length
+        # One name for numbered families (_swift_stdlib_nfc_comp0 ... 44).
+        names.update(re.sub(r"\d+$", "*", name) for name in UNICODE_TABLE_SYMBOL.findall(body))
+    return size, sorted(names)
+
+
 def main(argv):
     budgets = {}
     maps = []
@@ -141,9 +181,20 @@ def main(argv):
         for name, size in sorted(totals.items(), key=lambda item: -item[1]):
             if size >= 1024:
                 print(f"  {size:>10,}  {name}")
+        table_bytes, table_names = unicode_tables(map_path)
+        if table_bytes or table_names:
+            shown = ", ".join(table_names) or "no table symbols named"
+            print(f"\n{map_path}: the Unicode normalisation/grapheme tables are linked "
+                  f"({table_bytes:,} bytes from {UNICODE_TABLES_LIBRARY}: {shown}). "
+                  "A device module compares or cuts a String through Unicode: String ==/!=, a switch over "
+                  "string literals, hasPrefix/hasSuffix, split/firstIndex/contains with a Character, "
+                  "[String].contains, count, or a String dictionary key. Use the byte-wise helpers of "
+                  "Sources/TunnelCore/ByteText.swift; the linker names the caller with "
+                  "-Wl,--why-live=_swift_stdlib_getNormData (docs/FOOTPRINT.md).")
+            failed = True
     if failed:
-        print("footprint: a budget is exceeded or a binary is missing; docs/FOOTPRINT.md says where "
-              "the space goes", file=sys.stderr)
+        print("footprint: a budget is exceeded, a binary or map is missing, or the Unicode tables are "
+              "linked; docs/FOOTPRINT.md says where the space goes", file=sys.stderr)
     return 1 if failed else 0
 
 

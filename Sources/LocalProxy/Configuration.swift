@@ -81,6 +81,8 @@ struct OptionSpec {
     let takesValue: Bool
 }
 
+// The parser cuts and compares text as UTF-8 bytes (TunnelCore/ByteText.swift), never through
+// `Character` or `String ==`, which would link the Unicode tables into the device binary.
 public enum ConfigurationParser {
     static let options: [OptionSpec] = [
         OptionSpec(short: "h", long: "help", takesValue: false),
@@ -117,12 +119,12 @@ public enum ConfigurationParser {
     ]
 
     static func spec(long: String) -> OptionSpec? {
-        for o in options where o.long == long { return o }
+        for o in options where o.long.bytesEqual(long) { return o }
         return nil
     }
 
     static func spec(short: String) -> OptionSpec? {
-        for o in options where o.short == short { return o }
+        for o in options where o.short?.bytesEqual(short) == true { return o }
         return nil
     }
 
@@ -135,20 +137,24 @@ public enum ConfigurationParser {
             i += 1
             var spec: OptionSpec? = nil
             var inline: String? = nil
-            if arg.hasPrefix("--") {
-                let body = String(arg.dropFirst(2))
+            if arg.hasBytePrefix("--") {
+                let body = arg.droppingBytes(2)
                 var name = body
-                if let eq = body.firstIndex(of: "=") {
-                    name = String(body[..<eq])
-                    inline = String(body[body.index(after: eq)...])
+                if let parts = body.splitOnce(at: 0x3D) {
+                    name = parts.before
+                    inline = parts.after
                 }
                 spec = Self.spec(long: name)
                 if spec == nil { throw ConfigurationError("unknown option --\(name) (see --help)") }
-            } else if arg.hasPrefix("-") && arg.count >= 2 {
-                let letter = String(arg.dropFirst().prefix(1))
+            } else if arg.hasBytePrefix("-") && arg.utf8.count >= 2 {
+                // The letter is the character after '-': its lead byte and continuation bytes.
+                let bytes = Array(arg.utf8)
+                var end = 2
+                while end < bytes.count && bytes[end] & 0xC0 == 0x80 { end += 1 }
+                let letter = String(decoding: bytes[1..<end], as: UTF8.self)
                 spec = Self.spec(short: letter)
                 if spec == nil { throw ConfigurationError("unknown option -\(letter) (see --help)") }
-                if arg.count > 2 { inline = String(arg.dropFirst(2)) }
+                if end < bytes.count { inline = String(decoding: bytes[end...], as: UTF8.self) }
             } else {
                 // Not echoed: a stray argument is often a token whose option was forgotten.
                 throw ConfigurationError("unexpected argument number \(i) (\(arg.utf8.count) characters): options start with - or --; did an option before it lose its name? (see --help)")
@@ -177,20 +183,20 @@ public enum ConfigurationParser {
         for rawLine in lines(of: text) {
             lineNumber += 1
             let line = trim(rawLine)
-            if line.isEmpty || line.hasPrefix("#") { continue }
-            guard let eq = line.firstIndex(of: "=") else {
+            if line.isEmpty || line.hasBytePrefix("#") { continue }
+            guard let parts = line.splitOnce(at: 0x3D) else {
                 throw ConfigurationError("\(path) line \(lineNumber): expected 'option = value'")
             }
-            let name = trim(String(line[..<eq]))
-            let value = trim(String(line[line.index(after: eq)...]))
-            guard let spec = spec(long: name), spec.long != "config" else {
+            let name = trim(parts.before)
+            let value = trim(parts.after)
+            guard let spec = spec(long: name), !spec.long.bytesEqual("config") else {
                 throw ConfigurationError("\(path) line \(lineNumber): unknown option '\(name)'")
             }
             if spec.takesValue {
                 out.append((spec.long, value))
                 continue
             }
-            switch lowercased(value) {
+            switch Bytewise(lowercased(value)) {
             case "", "true", "1", "yes", "on": out.append((spec.long, ""))
             case "false", "0", "no", "off": continue
             default:
@@ -211,18 +217,18 @@ public enum ConfigurationParser {
     ) throws(ConfigurationError) -> Command {
         let commandLine = try tokenize(arguments)
         for (name, _) in commandLine {
-            if name == "help" { return .help }
-            if name == "version" { return .version }
+            if name.bytesEqual("help") { return .help }
+            if name.bytesEqual("version") { return .version }
         }
         // The config file's values come first so that command-line values override them.
         var settings: [(String, String)] = []
-        for (name, value) in commandLine where name == "config" {
+        for (name, value) in commandLine where name.bytesEqual("config") {
             settings += try parseConfigFile(try readFile(value), path: value)
         }
-        settings += commandLine.filter { $0.0 != "config" }
+        settings += commandLine.filter { !$0.0.bytesEqual("config") }
         func last(_ name: String) -> String? {
             var found: String? = nil
-            for (n, v) in settings where n == name { found = v }
+            for (n, v) in settings where n.bytesEqual(name) { found = v }
             return found
         }
         func has(_ name: String) -> Bool { last(name) != nil }
@@ -237,17 +243,17 @@ public enum ConfigurationParser {
             c.verbosity = n
         }
 
-        switch last("log-format") {
+        switch last("log-format").map({ Bytewise($0) }) {
         case nil, "text": break
         case "json": c.logFormat = .json
-        case let other?: throw ConfigurationError("--log-format must be text or json, got '\(other)'")
+        case let other?: throw ConfigurationError("--log-format must be text or json, got '\(other.text)'")
         }
         if has("syslog") { c.systemLogPath = environment("LOCALPROXY_SYSLOG_SOCKET") ?? "/dev/log" }
 
         // Mode, from -m or from which of -s/-d is present.
         var mode: TunnelMode? = nil
         if let m = last("mode") {
-            switch m {
+            switch Bytewise(m) {
             case "src", "source": mode = .source
             case "dst", "destination": mode = .destination
             default: throw ConfigurationError("--mode must be source (src) or destination (dst), got '\(m)'")
@@ -291,11 +297,11 @@ public enum ConfigurationParser {
         // Access token: -t, then --access-token-file, then the environment.
         if let t = last("access-token") {
             c.accessToken = t
-            if commandLine.contains(where: { $0.0 == "access-token" }) {
+            if commandLine.contains(where: { $0.0.bytesEqual("access-token") }) {
                 c.accessTokenSource = "the command line"
                 c.warnings.append("the access token was given on the command line, where other users can see it in the process list: prefer AWSIOT_TUNNEL_ACCESS_TOKEN or --access-token-file")
             } else {
-                let file = commandLine.last(where: { $0.0 == "config" })?.1 ?? ""
+                let file = commandLine.last(where: { $0.0.bytesEqual("config") })?.1 ?? ""
                 c.accessTokenSource = file
                 // A --config file holding the token is a secret like a token file.
                 guard let status = fileStatus(file) else {
@@ -332,12 +338,12 @@ public enum ConfigurationParser {
         }
 
         if let paths = last("capath") {
-            for p in paths.split(separator: ",") { c.trustPaths.append(trim(String(p))) }
+            for p in paths.splitBytes(at: 0x2C) { c.trustPaths.append(trim(p)) }
         }
         if has("no-ssl-host-verify") { c.verifyCertificates = false }
 
         if let t = last("destination-client-type") {
-            switch t {
+            switch Bytewise(t) {
             case "V1", "v1": c.destinationClientType = .v1
             case "V2", "v2": c.destinationClientType = .v2
             case "V3", "v3": c.destinationClientType = .v3
@@ -415,47 +421,47 @@ public enum ConfigurationParser {
         for b in r.utf8 where !((b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x2D) {
             throw ConfigurationError("--region '\(region)' is not a region name like us-east-1")
         }
-        let suffix = r.hasPrefix("cn-") ? "amazonaws.com.cn" : "amazonaws.com"
+        let suffix = r.hasBytePrefix("cn-") ? "amazonaws.com.cn" : "amazonaws.com"
         return "data.tunneling.iot.\(r).\(suffix)"
     }
 
     /// Splits `host:port`, `[v6]:port`, `host` or `[v6]`.
     static func splitHostPort(_ value: String, what: String) throws(ConfigurationError) -> (String, UInt16?) {
-        if value.hasPrefix("[") {
-            guard let close = value.firstIndex(of: "]") else { throw ConfigurationError("\(what) '\(value)': missing ']' after an IPv6 address") }
-            let host = String(value[value.index(after: value.startIndex)..<close])
+        if value.hasBytePrefix("[") {
+            guard let parts = value.droppingBytes(1).splitOnce(at: 0x5D) else { throw ConfigurationError("\(what) '\(value)': missing ']' after an IPv6 address") }
+            let host = parts.before
             guard !host.isEmpty else { throw ConfigurationError("\(what) '\(value)': no address between the brackets") }
-            let rest = value[value.index(after: close)...]
+            let rest = parts.after
             if rest.isEmpty { return (host, nil) }
-            guard rest.hasPrefix(":"), let port = parsePort(String(rest.dropFirst())) else {
+            guard rest.hasBytePrefix(":"), let port = parsePort(rest.droppingBytes(1)) else {
                 throw ConfigurationError("\(what) '\(value)': expected [IPv6]:PORT with a port from 1 to 65535")
             }
             return (host, port)
         }
-        let parts = value.split(separator: ":", omittingEmptySubsequences: false)
+        let parts = value.splitBytes(at: 0x3A, omittingEmpty: false)
         if parts.count == 1 { return (value, nil) }
         if parts.count == 2 {
-            guard let port = parsePort(String(parts[1])), !parts[0].isEmpty else {
+            guard let port = parsePort(parts[1]), !parts[0].isEmpty else {
                 throw ConfigurationError("\(what) '\(value)': expected HOST:PORT with a port from 1 to 65535")
             }
-            return (String(parts[0]), port)
+            return (parts[0], port)
         }
         throw ConfigurationError("\(what) '\(value)': an IPv6 address needs brackets, e.g. [::1]:22")
     }
 
     /// The `-d` grammar (PROTOCOL.md §8.1): `ENDPOINT` alone, or `SVC=ENDPOINT,...`.
     public static func parseDestinationMappings(_ text: String, defaultHost: String) throws(ConfigurationError) -> [ServiceMapping] {
-        let items = text.split(separator: ",").map { trim(String($0)) }.filter { !$0.isEmpty }
+        let items = text.splitBytes(at: 0x2C).map { trim($0) }.filter { !$0.isEmpty }
         guard !items.isEmpty else { throw ConfigurationError("-d/--destination-app is empty") }
         var out: [ServiceMapping] = []
         for item in items {
-            if let eq = item.firstIndex(of: "=") {
-                let service = trim(String(item[..<eq]))
+            if let parts = item.splitOnce(at: 0x3D) {
+                let service = trim(parts.before)
                 try checkServiceId(service)
-                if out.contains(where: { $0.serviceId == service }) {
+                if out.contains(where: { $0.serviceId.bytesEqual(service) }) {
                     throw ConfigurationError("-d maps service \(service) twice")
                 }
-                out.append(ServiceMapping(serviceId: service, endpoint: try parseLocalEndpoint(trim(String(item[item.index(after: eq)...])), defaultHost: defaultHost)))
+                out.append(ServiceMapping(serviceId: service, endpoint: try parseLocalEndpoint(trim(parts.after), defaultHost: defaultHost)))
             } else {
                 guard items.count == 1 else {
                     throw ConfigurationError("-d entry '\(item)' needs a service name (SVC=\(item)) when several are given")
@@ -468,7 +474,7 @@ public enum ConfigurationParser {
 
     /// `PORT`, `HOST:PORT`, `[IPv6]:PORT`, or a Unix socket path (contains '/').
     static func parseLocalEndpoint(_ text: String, defaultHost: String) throws(ConfigurationError) -> Endpoint {
-        if text.contains("/") { return .unix(path: text) }
+        if text.containsByte(0x2F) { return .unix(path: text) }
         if let port = parsePort(text) { return .tcp(host: defaultHost, port: port) }
         let (host, port) = try splitHostPort(text, what: "-d endpoint")
         guard let port else {
@@ -478,17 +484,17 @@ public enum ConfigurationParser {
     }
 
     static func parseSourceMappings(_ text: String) throws(ConfigurationError) -> [SourceSession.Mapping] {
-        let items = text.split(separator: ",").map { trim(String($0)) }.filter { !$0.isEmpty }
+        let items = text.splitBytes(at: 0x2C).map { trim($0) }.filter { !$0.isEmpty }
         var out: [SourceSession.Mapping] = []
         for item in items {
-            if let eq = item.firstIndex(of: "=") {
-                let service = trim(String(item[..<eq]))
+            if let parts = item.splitOnce(at: 0x3D) {
+                let service = trim(parts.before)
                 try checkServiceId(service)
-                let portText = trim(String(item[item.index(after: eq)...]))
+                let portText = trim(parts.after)
                 guard let port = portText.isEmpty ? 0 : parsePort(portText) else {
                     throw ConfigurationError("-s entry '\(item)': the port must be 1 to 65535")
                 }
-                if out.contains(where: { $0.serviceId == service }) { throw ConfigurationError("-s maps service \(service) twice") }
+                if out.contains(where: { $0.serviceId.bytesEqual(service) }) { throw ConfigurationError("-s maps service \(service) twice") }
                 out.append(SourceSession.Mapping(serviceId: service, port: port))
             } else {
                 guard items.count == 1, let port = parsePort(item) else {
@@ -509,11 +515,11 @@ public enum ConfigurationParser {
             let text = try readFile(file)
             for line in lines(of: text) {
                 let l = trim(line)
-                if l.isEmpty || l.hasPrefix("#") || l.hasPrefix("[") { continue }
-                guard let eq = l.firstIndex(of: "=") else { continue }
-                let service = trim(String(l[..<eq]))
-                guard (try? checkServiceId(service)) != nil, !out.contains(where: { $0.serviceId == service }) else { continue }
-                guard let endpoint = try? parseLocalEndpoint(trim(String(l[l.index(after: eq)...])), defaultHost: defaultHost) else { continue }
+                if l.isEmpty || l.hasBytePrefix("#") || l.hasBytePrefix("[") { continue }
+                guard let parts = l.splitOnce(at: 0x3D) else { continue }
+                let service = trim(parts.before)
+                guard (try? checkServiceId(service)) != nil, !out.contains(where: { $0.serviceId.bytesEqual(service) }) else { continue }
+                guard let endpoint = try? parseLocalEndpoint(trim(parts.after), defaultHost: defaultHost) else { continue }
                 out.append(ServiceMapping(serviceId: service, endpoint: endpoint))
             }
         }
@@ -534,7 +540,7 @@ public enum ConfigurationParser {
     /// `--dns system|builtin` and the built-in resolver's test overrides from the environment.
     static func parseNameResolution(_ value: String?, environment: (String) -> String?,
                                     into c: inout Configuration) throws(ConfigurationError) {
-        switch value {
+        switch value.map({ Bytewise($0) }) {
         case nil: break
         case "system":
             guard Resolver.systemResolverAvailable else {

@@ -17,9 +17,11 @@ public final class SourceRuntime: TunnelRuntime {
     private var session: SourceSession? = nil
     private var nextLocalId: UInt32 = 1
     private var nextStreamId: Int32 = 1
-    private var listeners: [String: Listener] = [:]
+    /// Keyed by service id, compared as bytes (`Bytewise`: a `String` key would link the
+    /// Unicode tables into the device binary).
+    private var listeners: [Bytewise: Listener] = [:]
     /// Service index in the current session for each listener's service id.
-    private var serviceIndex: [String: Int] = [:]
+    private var serviceIndex: [Bytewise: Int] = [:]
     private var lingering: [LocalConnectionID: Timer] = [:]
     private let runner = ActionRunner<SourceAction>()
 
@@ -63,8 +65,8 @@ public final class SourceRuntime: TunnelRuntime {
     private func execute(_ action: SourceAction) {
         switch action {
         case .listen(let index, let serviceId, let port):
-            serviceIndex[serviceId] = index
-            if listeners[serviceId] == nil { listen(serviceId: serviceId, port: port) }
+            serviceIndex[Bytewise(serviceId)] = index
+            if listeners[Bytewise(serviceId)] == nil { listen(serviceId: serviceId, port: port) }
         case .deliver(let id, let payload):
             links[id]?.enqueue(payload)
             if let t = lingering[id] { restartLinger(t, id) }
@@ -89,7 +91,7 @@ public final class SourceRuntime: TunnelRuntime {
 
     private func listen(serviceId: String, port: UInt16) {
         let host = configuration.bindAddress ?? "127.0.0.1"
-        guard let address = SocketAddress(ip: host == "localhost" ? "127.0.0.1" : host, port: port) else {
+        guard let address = SocketAddress(ip: host.bytesEqual("localhost") ? "127.0.0.1" : host, port: port) else {
             logger.fatal("-b/--local-bind-address '\(host)' must be an IP address (or localhost)")
             finish(ExitCode.configuration)
             return
@@ -103,13 +105,13 @@ public final class SourceRuntime: TunnelRuntime {
             finish(ExitCode.configuration)
             return
         }
-        listeners[serviceId] = listener
+        listeners[Bytewise(serviceId)] = listener
         let actual = listener.localAddress.map { "\($0)" } ?? "\(address)"
         logger.info("listening for \(serviceId.isEmpty ? "the tunnel" : "service \(serviceId)") on \(actual)")
     }
 
     private func accept(_ stream: Stream, serviceId: String) {
-        guard let s = session, let index = serviceIndex[serviceId], tunnel != nil else {
+        guard let s = session, let index = serviceIndex[Bytewise(serviceId)], tunnel != nil else {
             logger.warning("refusing a local connection for \(serviceId.isEmpty ? "the tunnel" : serviceId) with a reset: the tunnel is not connected")
             stream.closeWithReset()
             return

@@ -13,7 +13,7 @@ public enum SystemAccess {
         for part in data.split(separator: 0, omittingEmptySubsequences: false) {
             out.append(String(decoding: part, as: UTF8.self))
         }
-        if out.last == "" { out.removeLast() }
+        if out.last?.isEmpty == true { out.removeLast() }
         return Array(out.dropFirst())
     }
 
@@ -67,7 +67,7 @@ public enum SystemAccess {
         var entry = uv_dirent_t()
         while uv_fs_scandir_next(&request, &entry) == 0 {
             let name = cString(entry.name)
-            let path = directory.hasSuffix("/") ? directory + name : directory + "/" + name
+            let path = directory.hasByteSuffix("/") ? directory + name : directory + "/" + name
             switch entry.type {
             case UV_DIRENT_FILE: out.append(path)
             case UV_DIRENT_DIR: out.append(contentsOf: files(under: path, depth: depth + 1))

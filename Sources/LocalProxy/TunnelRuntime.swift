@@ -216,7 +216,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         let timer = Timer(loop: loop)
         tokenWait = timer
         timer.start(after: 200, repeat: 500) { [self] in
-            if let token = readTokenFile(file), token != accessToken {
+            if let token = readTokenFile(file), !token.bytesEqual(accessToken) {
                 timer.close()
                 tokenWait = nil
                 accessToken = token
@@ -255,7 +255,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
                 problem = "cannot read \(file) (larger than 8192 bytes, or no permission)"
             }
         }
-        if let problem, problem != lastTokenFileProblem {
+        if let problem, !(lastTokenFileProblem?.bytesEqual(problem) ?? false) {
             logger.error("\(problem); waiting for a usable token in the file")
         }
         lastTokenFileProblem = problem
@@ -339,7 +339,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
             logger.error("SIGHUP: \(lastTokenFileProblem == nil ? "\(file) is missing or empty" : "the token in \(file) cannot be used"): keeping the current access token")
             return
         }
-        guard token != accessToken else {
+        guard !token.bytesEqual(accessToken) else {
             logger.info("SIGHUP: the access token in \(file) is unchanged")
             return
         }

@@ -237,7 +237,7 @@ public final class DestinationSession {
             return
         }
         for (i, service) in services.enumerated() {
-            if ids.contains(service.mapping.serviceId) {
+            if ids.containsBytes(service.mapping.serviceId) {
                 actions.append(.log(.info, "tunnel service \(service.mapping.serviceId) -> \(service.mapping.endpoint)"))
             } else {
                 actions.append(.log(.warning, "service \(service.mapping.serviceId) is mapped locally but the tunnel does not offer it"))

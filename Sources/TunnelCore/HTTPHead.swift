@@ -34,14 +34,14 @@ public struct HTTPHeaders {
     /// Whether a comma-separated header (like `Connection`) lists `token` (case-insensitive).
     public func contains(_ name: String, token: String) -> Bool {
         for value in values(name) {
-            for item in splitList(value) where asciiLowercased(item) == asciiLowercased(token) { return true }
+            for item in splitList(value) where item.equalsIgnoringASCIICase(token) { return true }
         }
         return false
     }
 
     /// ASCII case-insensitive comparison of header names (names are ASCII tokens).
     public static func name(_ a: String, equals b: String) -> Bool {
-        asciiLowercased(a) == asciiLowercased(b)
+        a.equalsIgnoringASCIICase(b)
     }
 }
 

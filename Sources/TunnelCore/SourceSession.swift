@@ -154,11 +154,11 @@ public final class SourceSession {
             services.append(Service(serviceId: ids[0], serviceIdBytes: Array(ids[0].utf8), port: mappings[0].port))
         } else {
             for id in ids {
-                let port = mappings.first(where: { $0.serviceId == id })?.port ?? 0
+                let port = mappings.first(where: { $0.serviceId.bytesEqual(id) })?.port ?? 0
                 if port == 0 { actions.append(.log(.warning, "tunnel service \(loggableServiceId(Array(id.utf8))) has no -s port: listening on a free port")) }
                 services.append(Service(serviceId: id, serviceIdBytes: Array(id.utf8), port: port))
             }
-            for m in mappings where !ids.contains(m.serviceId) {
+            for m in mappings where !ids.containsBytes(m.serviceId) {
                 actions.append(.log(.warning, "service \(m.serviceId) is mapped with -s but the tunnel does not offer it"))
             }
         }

@@ -103,7 +103,7 @@ public struct TunnelMessage {
                 continue
             }
             let id = String(decoding: raw, as: UTF8.self)
-            if ids.contains(id) { continue }
+            if ids.containsBytes(id) { continue }
             guard ids.count < TunnelMessage.maximumServiceIdCount else {
                 refused.append("SERVICE_IDS lists more than \(TunnelMessage.maximumServiceIdCount) service ids: ignoring \(loggableServiceId(raw)) and the rest")
                 break

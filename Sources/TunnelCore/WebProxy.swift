@@ -46,10 +46,10 @@ public struct WebProxy: Equatable, CustomStringConvertible {
         while i + 2 < end && !(b[i] == 0x3A && b[i + 1] == 0x2F && b[i + 2] == 0x2F) { i += 1 }
         if i + 2 < end {
             let scheme = asciiLowercased(String(decoding: b[start..<i], as: UTF8.self))
-            if scheme == "https" {
+            if scheme.bytesEqual("https") {
                 throw .invalidURL("https:// proxies (TLS to the proxy itself) are not supported; give the proxy's plain http:// address (the tunnel stays TLS end to end inside CONNECT)")
             }
-            guard scheme == "http" else { throw .invalidURL("the scheme '" + scheme + "' is not supported; only http:// proxies are") }
+            guard scheme.bytesEqual("http") else { throw .invalidURL("the scheme '" + scheme + "' is not supported; only http:// proxies are") }
             start = i + 3
         }
         // User and password end at the last '@' (a host cannot contain one); the user at the first ':'.
@@ -190,7 +190,7 @@ public struct WebProxyAnswerReader {
         do { parsed = try head.read(&input) } catch { throw .malformedAnswer(error.description) }
         guard let answer = parsed else { return nil }
         let (version, code, reason) = answer.startLine
-        guard version == "HTTP/1.1" || version == "HTTP/1.0", code.utf8.count == 3, let status = parseDecimal(code), status >= 100 else {
+        guard version.bytesEqual("HTTP/1.1") || version.bytesEqual("HTTP/1.0"), code.utf8.count == 3, let status = parseDecimal(code), status >= 100 else {
             throw .malformedAnswer("not an HTTP/1.x status line: \"\(printable(version + " " + code + (reason.isEmpty ? "" : " " + reason)))\"")
         }
         return status / 100 == 2 ? .established(status: status) : .refused(status: status, reason: printable(reason))

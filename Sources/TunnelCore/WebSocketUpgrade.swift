@@ -9,7 +9,7 @@ public enum TunnelMode: Equatable, CustomStringConvertible {
     public var description: String { self == .source ? "source" : "destination" }
 
     public init?(_ text: String) {
-        switch text {
+        switch Bytewise(text) {
         case "source": self = .source
         case "destination": self = .destination
         default: return nil
@@ -194,7 +194,7 @@ public struct WebSocketUpgradeResponseReader {
             do { parsed = try head.read(&input) } catch { throw .head(error) }
             guard let response = parsed else { return nil }
             let (version, code, reason) = response.startLine
-            guard version == "HTTP/1.1" || version == "HTTP/1.0", code.utf8.count == 3, let status = parseDecimal(code) else {
+            guard version.bytesEqual("HTTP/1.1") || version.bytesEqual("HTTP/1.0"), code.utf8.count == 3, let status = parseDecimal(code) else {
                 throw .malformedStatusLine(version + " " + code + " " + reason)
             }
             let channelId = response.headers.first("channel-id")
@@ -233,7 +233,7 @@ public struct WebSocketUpgradeResponseReader {
         guard let accept = headers.first("sec-websocket-accept") else {
             throw .invalidSwitchingResponse("Sec-WebSocket-Accept is missing")
         }
-        guard accept == expectedAccept else {
+        guard accept.bytesEqual(expectedAccept) else {
             throw .invalidSwitchingResponse("Sec-WebSocket-Accept is '\(accept)', expected '\(expectedAccept)'")
         }
         let chosen = headers.values("sec-websocket-protocol")
@@ -242,7 +242,7 @@ public struct WebSocketUpgradeResponseReader {
                 ? "no Sec-WebSocket-Protocol was chosen (the tunnel needs one)"
                 : "more than one Sec-WebSocket-Protocol header")
         }
-        guard offeredProtocols.contains(subprotocol) else {
+        guard offeredProtocols.containsBytes(subprotocol) else {
             throw .invalidSwitchingResponse("the chosen subprotocol '\(subprotocol)' was not offered")
         }
         if let extensions = headers.first("sec-websocket-extensions") {
@@ -409,7 +409,7 @@ public struct WebSocketUpgradeRequestHead {
         var out: [String] = []
         for pair in bytes[(q + 1)...].split(separator: 0x26) {
             let parts = pair.split(separator: 0x3D, maxSplits: 1, omittingEmptySubsequences: false)
-            if String(decoding: parts[0], as: UTF8.self) == name {
+            if parts[0].elementsEqual(name.utf8) {
                 out.append(parts.count > 1 ? String(decoding: parts[1], as: UTF8.self) : "")
             }
         }
@@ -419,8 +419,8 @@ public struct WebSocketUpgradeRequestHead {
     /// Checks an HTTP head as a WebSocket upgrade request (RFC 6455 §4.2.1).
     public init(_ head: HTTPHead) throws(WebSocketUpgradeError) {
         let (method, target, version) = head.startLine
-        guard method == "GET" else { throw .invalidUpgradeRequest(status: 405, problem: "method \(method) is not GET") }
-        guard version == "HTTP/1.1" else {
+        guard method.bytesEqual("GET") else { throw .invalidUpgradeRequest(status: 405, problem: "method \(method) is not GET") }
+        guard version.bytesEqual("HTTP/1.1") else {
             throw .invalidUpgradeRequest(status: 400, problem: "version '\(version)' is not HTTP/1.1")
         }
         let headers = head.headers
@@ -430,7 +430,8 @@ public struct WebSocketUpgradeRequestHead {
         guard headers.contains("connection", token: "upgrade") else {
             throw .invalidUpgradeRequest(status: 400, problem: "the Connection header does not list upgrade")
         }
-        guard headers.values("sec-websocket-version") == ["13"] else {
+        let versions = headers.values("sec-websocket-version")
+        guard versions.count == 1, versions[0].bytesEqual("13") else {
             throw .invalidUpgradeRequest(status: 426, problem: "Sec-WebSocket-Version must be 13")
         }
         let keys = headers.values("sec-websocket-key")

@@ -37,7 +37,7 @@ public struct SocketAddress: CustomStringConvertible {
     /// 127.0.0.0/8, ::1, or an IPv4-mapped loopback address.
     public var isLoopback: Bool {
         let text = description
-        return text.hasPrefix("127.") || text.hasPrefix("[::1]") || text.hasPrefix("[::ffff:127.")
+        return text.hasBytePrefix("127.") || text.hasBytePrefix("[::1]") || text.hasBytePrefix("[::ffff:127.")
     }
 
     public var description: String {

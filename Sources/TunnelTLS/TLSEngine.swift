@@ -218,16 +218,17 @@ public final class TLSEngine {
             withCString("") { prefix in mbedtls_x509_crt_verify_info(out.baseAddress, out.count, prefix, flags) }
         }
         guard n > 0 else { return "flags 0x\(hex(flags))" }
-        var text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        while text.hasSuffix("\n") { text.removeLast() }
+        // Lines and dots cut as bytes: String's Character operations would link the Unicode
+        // tables into the device binary (TunnelCore/ByteText.swift).
+        let text = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
         var out = ""
-        for part in text.split(separator: "\n") {
+        for var part in text.split(separator: 0x0A) {
             if !out.isEmpty { out += "; " }
-            var line = String(part)
-            while line.hasSuffix(".") { line.removeLast() }
+            while part.last == 0x2E { part.removeLast() }
+            let line = String(decoding: part, as: UTF8.self)
             out += line
             // mbedTLS says "CN" for any name mismatch (the subjectAltName entries are what it checks).
-            if flags & UInt32(MBEDTLS_X509_BADCERT_CN_MISMATCH) != 0, line.hasPrefix("The certificate Common Name"),
+            if flags & UInt32(MBEDTLS_X509_BADCERT_CN_MISMATCH) != 0, line.hasBytePrefix("The certificate Common Name"),
                let expected = expectedName {
                 out += " (expected \(expected) among the certificate's names)"
             }

@@ -596,6 +596,24 @@ private func tcp(_ host: String, _ port: UInt16, _ service: String = "") -> Serv
         #expect(try destinations("1") == [tcp("127.0.0.1", 1)])
     }
 
+    @Test func utf8PathsAreKeptByteForByte() throws {
+        // Precomposed and decomposed "é": canonically equivalent, but different file names.
+        for path in ["/run/caf\u{E9}/ssh.sock", "/run/cafe\u{301}/ssh.sock"] {
+            for d in [path, "SSH=\(path)", " SSH = \(path) "] {
+                let mappings = try destinations(d)
+                #expect(mappings.count == 1)
+                guard case .unix(let got)? = mappings.first?.endpoint else {
+                    Issue.record("\(d): not a socket path: \(mappings)")
+                    continue
+                }
+                #expect(Array(got.utf8) == Array(path.utf8))
+            }
+        }
+        // An option letter that is not ASCII is named whole in the error.
+        world.failure(base + ["-\u{E9}"], mentioning: "unknown option -\u{E9}")
+        world.failure(base + ["-\u{E9}x"], mentioning: "unknown option -\u{E9}")
+    }
+
     @Test func namedDestinations() throws {
         #expect(try destinations("SSH=22,HTTP=localhost:80") == [tcp("127.0.0.1", 22, "SSH"), tcp("localhost", 80, "HTTP")])
         #expect(try destinations(" SSH = 22 , HTTP = localhost:80 ") == [tcp("127.0.0.1", 22, "SSH"), tcp("localhost", 80, "HTTP")])
