@@ -78,9 +78,8 @@ def summary(path):
     return groups
 
 
-def origins(map_path):
-    """Bytes of loaded output sections per input (object file or archive) of an lld map."""
-    totals = {}
+def loaded_lines(map_path):
+    """(output section, size, body) of each line of an lld map inside a loaded output section."""
     section = None
     for line in open(map_path, errors="replace"):
         # lld: VMA LMA Size Align, then the output section, or an input "file:(section)"
@@ -92,32 +91,23 @@ def origins(map_path):
         if body.startswith(".") and ":(" not in body:
             section = body
             continue
-        if ":(" not in body or section is None or section == ".bss":
+        if section is None or section.startswith((".debug", ".comment", ".symtab", ".strtab", ".shstrtab")):
             continue
-        if section.startswith((".debug", ".comment", ".symtab", ".strtab", ".shstrtab")):
+        yield section, int(fields[2], 16), body
+
+
+def origins(map_path):
+    """Bytes of loaded output sections per input (object file or archive) of an lld map."""
+    totals = {}
+    for section, size, body in loaded_lines(map_path):
+        if ":(" not in body or section == ".bss":
             continue
         source = body.split(":(")[0]
         name = os.path.basename(source.split("(")[0])
         if name.endswith(".o") and "crt" not in name:
             name = "Swift objects (our modules + Embedded stdlib)"
-        totals[name] = totals.get(name, 0) + int(fields[2], 16)
+        totals[name] = totals.get(name, 0) + size
     return totals
-
-
-def loaded_lines(map_path):
-    """(output section, size, body) of each line of an lld map inside a loaded output section."""
-    section = None
-    for line in open(map_path, errors="replace"):
-        fields = line.split(None, 4)
-        if len(fields) < 5 or not all(c in "0123456789abcdef" for c in fields[2]):
-            continue
-        body = fields[4].strip()
-        if body.startswith(".") and ":(" not in body:
-            section = body
-            continue
-        if section is None or section.startswith((".debug", ".comment", ".symtab", ".strtab", ".shstrtab")):
-            continue
-        yield section, int(fields[2], 16), body
 
 
 def unicode_tables(map_path):
