@@ -63,6 +63,7 @@ TARGETS = {
     "web-proxy": CORE,
     "dns-message": CORE,
     "resolver-files": CORE,
+    "tunnel-notification": CORE,
     "config-file": PROXY,
     "http-request": SERVICE,
     "json-value": SERVICE,

@@ -293,6 +293,34 @@ def json_seeds():
     seed(t, "values", '[null,true,false,0,-0,1e15,1.5e-7,-12345678901234567890,"\\u00e9\\n\\"\\\\",{"":{}},[]]')
 
 
+# --- The tunnel notification the MQTT agent reads (Sources/TunnelCore/TunnelNotification.swift) --
+
+NOTIFY_TOKEN = "AQGAAXiSecretTokenValue-0123456789abcdef"
+
+
+def tunnel_notification_seeds():
+    t = "tunnel-notification"
+    example = ('{"clientAccessToken":"%s","clientMode":"destination","region":"us-east-1","services":["SSH"]}'
+               % NOTIFY_TOKEN)
+    seed(t, "aws-example", example)
+    seed(t, "three-services", ' {\n  "services" : [ "SSH" , "HTTP", "RDP:3389_a-b" ],\t"region":"eu-west-1",\r\n'
+         '"clientMode":"destination", "clientAccessToken":"%s" }\n' % NOTIFY_TOKEN)
+    seed(t, "escapes", '{"clientAccessToken":"AQGA\\u0041\\/x\\"y\\\\z","clientMode":"source","region":"cn-north-1",'
+         '"services":["SSH"],"note":"\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00","caf\\u00e9":1}')
+    seed(t, "unknown-nested", example[:-1] + ',"x":{"a":[1,-0,2.5e-3,1E+2,true,false,null,{"b":[[[]]]}]},"y":""}')
+    seed(t, "depth-limit", example[:-1] + ',"x":' + "[" * 15 + "]" * 15 + "}")
+    seed(t, "depth-bomb", example[:-1] + ',"x":' + "[" * 17 + "]" * 17 + "}")
+    seed(t, "duplicate-key", example[:-1] + ',"region":"eu-west-1"}')
+    seed(t, "lone-surrogate", example.replace("AQGAAXi", "AQGA\\uD800Xi"))
+    seed(t, "control-character", example.replace("AQGAAXi", "AQGA\tXi"))
+    seed(t, "bad-utf8", example.replace("SSH", "S\xc3\x28H").encode("latin-1"))
+    seed(t, "trailing-bytes", example + "{}")
+    seed(t, "wrong-types", '{"clientAccessToken":42,"clientMode":null,"region":["us-east-1"],"services":"SSH"}')
+    seed(t, "bad-services", example.replace('["SSH"]', '["SSH","S H","SSH",""]'))
+    seed(t, "empty", "{}")
+    seed(t, "truncated", example[:40])
+
+
 # --- The upgrade request the emulator reads (Sources/TunnelService/Admission.swift) ---------------
 
 def upgrade_request(mode="destination", token="AQGAAXiToken", extra="", protocols="aws.iot.securetunneling-3.0, "
@@ -350,6 +378,7 @@ def main(argv):
     http_seeds()
     json_seeds()
     upgrade_request_seeds()
+    tunnel_notification_seeds()
     for target, seeds in SEEDS.items():
         directory = os.path.join(argv[0], target)
         shutil.rmtree(directory, ignore_errors=True)

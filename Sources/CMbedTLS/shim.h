@@ -4,6 +4,7 @@
 #ifndef LOCALPROXY_CMBEDTLS_SHIM_H
 #define LOCALPROXY_CMBEDTLS_SHIM_H
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <arpa/inet.h>
 #include <mbedtls/version.h>
@@ -104,6 +105,64 @@ static inline int lp_pk_parse_keyfile(mbedtls_pk_context *pk, const char *path, 
 #endif
 }
 
+/// Whether the private key `key` belongs to the public key of the certificate `crt` (0), or not
+/// (an mbedTLS error, MBEDTLS_ERR_PK_TYPE_MISMATCH or MBEDTLS_ERR_PK_BAD_INPUT_DATA). The
+/// certificate's key is a private member in 3.x, and 3.x wants the RNG for RSA blinding.
+static inline int lp_x509_crt_check_key(const mbedtls_x509_crt *crt, const mbedtls_pk_context *key,
+                                        mbedtls_ctr_drbg_context *drbg) {
+#if MBEDTLS_VERSION_NUMBER < 0x03000000
+    (void)drbg;
+    return mbedtls_pk_check_pair(&crt->pk, key);
+#else
+    return mbedtls_pk_check_pair(&crt->MBEDTLS_PRIVATE(pk), key, mbedtls_ctr_drbg_random, drbg);
+#endif
+}
+
+/// 1 when the file at `path` says it holds an encrypted key ("ENCRYPTED" in its first MiB: the
+/// PEM line "BEGIN ENCRYPTED PRIVATE KEY" of PKCS#8, or the "Proc-Type: 4,ENCRYPTED" header of
+/// the older PEM form), 0 otherwise or when it cannot be read. Only to explain a key that did
+/// not load: the minimal 3.6 build (no PKCS#5) reports an encrypted PKCS#8 key as an invalid one.
+static inline int lp_file_says_encrypted(const char *path) {
+    static const char needle[] = "ENCRYPTED";
+    const size_t m = sizeof(needle) - 1;
+    FILE *file = fopen(path, "rb");
+    if (file == NULL) return 0;
+    char buffer[4096];
+    size_t kept = 0, total = 0;
+    int found = 0;
+    while (!found && total < (size_t)1 << 20) {
+        size_t n = fread(buffer + kept, 1, sizeof(buffer) - kept, file);
+        if (n == 0) break;
+        total += n;
+        size_t have = kept + n;
+        for (size_t i = 0; i + m <= have && !found; i++) found = memcmp(buffer + i, needle, m) == 0;
+        /* The last m - 1 bytes may begin the needle that the next read completes. */
+        kept = have < m - 1 ? have : m - 1;
+        memmove(buffer, buffer + have - kept, kept);
+    }
+    fclose(file);
+    return found;
+}
+
+/// The description of the alert the peer ended the handshake with (RFC 8446 §6.2: 40
+/// handshake_failure, 116 certificate_required...), right after a call returned
+/// MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE; -1 when the last record read was not an alert. mbedTLS
+/// has no accessor for it: the alert stays in the session's input message buffer (a private
+/// member in 3.x), which nothing overwrites once the session has failed.
+static inline int lp_ssl_received_alert(const mbedtls_ssl_context *ssl) {
+#if MBEDTLS_VERSION_NUMBER < 0x03000000
+    const unsigned char *msg = ssl->in_msg;
+    int type = ssl->in_msgtype;
+    size_t length = ssl->in_msglen;
+#else
+    const unsigned char *msg = ssl->MBEDTLS_PRIVATE(in_msg);
+    int type = ssl->MBEDTLS_PRIVATE(in_msgtype);
+    size_t length = ssl->MBEDTLS_PRIVATE(in_msglen);
+#endif
+    if (msg == NULL || type != MBEDTLS_SSL_MSG_ALERT || length < 2) return -1;
+    return msg[1];
+}
+
 /// The mbedTLS release this binary was compiled against, e.g. "2.28.3".
 static inline const char *lp_mbedtls_version(void) { return MBEDTLS_VERSION_STRING; }
 
@@ -175,6 +234,13 @@ enum {
     LP_ERR_X509_CERT_VERIFY_FAILED = MBEDTLS_ERR_X509_CERT_VERIFY_FAILED,
     LP_ERR_X509_FILE_IO_ERROR = MBEDTLS_ERR_X509_FILE_IO_ERROR,
     LP_ERR_SSL_FATAL_ALERT_MESSAGE = MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE,
+    LP_ERR_SSL_NO_CLIENT_CERTIFICATE = MBEDTLS_ERR_SSL_NO_CLIENT_CERTIFICATE,
+    LP_ERR_SSL_BAD_INPUT_DATA = MBEDTLS_ERR_SSL_BAD_INPUT_DATA,
+    LP_ERR_PK_FILE_IO_ERROR = MBEDTLS_ERR_PK_FILE_IO_ERROR,
+    LP_ERR_PK_PASSWORD_REQUIRED = MBEDTLS_ERR_PK_PASSWORD_REQUIRED,
+    LP_ERR_PK_PASSWORD_MISMATCH = MBEDTLS_ERR_PK_PASSWORD_MISMATCH,
+    LP_ERR_PK_UNKNOWN_PK_ALG = MBEDTLS_ERR_PK_UNKNOWN_PK_ALG,
+    LP_ERR_PK_FEATURE_UNAVAILABLE = MBEDTLS_ERR_PK_FEATURE_UNAVAILABLE,
 #if defined(MBEDTLS_ERR_SSL_BAD_HS_PROTOCOL_VERSION)
     LP_ERR_SSL_BAD_PROTOCOL_VERSION = MBEDTLS_ERR_SSL_BAD_HS_PROTOCOL_VERSION,
 #else

@@ -417,10 +417,7 @@ public enum ConfigurationParser {
 
     static func endpointHost(forRegion region: String) throws(ConfigurationError) -> String {
         let r = trim(region)
-        guard !r.isEmpty, r.utf8.count <= 64 else { throw ConfigurationError("--region '\(region)' is not a region name like us-east-1") }
-        for b in r.utf8 where !((b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x2D) {
-            throw ConfigurationError("--region '\(region)' is not a region name like us-east-1")
-        }
+        guard isValidRegionName(r) else { throw ConfigurationError("--region '\(region)' is not a region name like us-east-1") }
         let suffix = r.hasBytePrefix("cn-") ? "amazonaws.com.cn" : "amazonaws.com"
         return "data.tunneling.iot.\(r).\(suffix)"
     }
@@ -531,9 +528,8 @@ public enum ConfigurationParser {
         guard !id.isEmpty, id.utf8.count <= 128 else {
             throw ConfigurationError("service name '\(id)' must be 1 to 128 characters")
         }
-        for b in id.utf8 {
-            let ok = (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x5F || b == 0x2D || b == 0x3A
-            if !ok { throw ConfigurationError("service name '\(id)' may only contain letters, digits, '_', '-' and ':'") }
+        for b in id.utf8 where !isServiceIdByte(b) {
+            throw ConfigurationError("service name '\(id)' may only contain letters, digits, '_', '-' and ':'")
         }
     }
 

@@ -1,7 +1,7 @@
 import CMbedTLS
 import TunnelCore
 
-/// Shared settings for TLS sessions: role, trust anchors or own certificate, verification.
+/// Shared settings for TLS sessions: role, trust anchors, own certificate, verification, ALPN.
 public final class TLSConfiguration {
     public enum Role { case client, server }
 
@@ -10,11 +10,19 @@ public final class TLSConfiguration {
 
     public let role: Role
     public let verifiesPeer: Bool
+    /// Whether this side has a certificate to present (always for a server; for a client, the
+    /// one it gives when the server asks, as AWS IoT Core does for MQTT).
+    public private(set) var hasOwnCertificate = false
+    /// The ALPN protocol names offered (client) or accepted (server), most preferred first.
+    public private(set) var alpnProtocols: [String] = []
     let random: SecureRandom
     let config: UnsafeMutablePointer<mbedtls_ssl_config>
     let trusted: UnsafeMutablePointer<mbedtls_x509_crt>
     let ownCertificate: UnsafeMutablePointer<mbedtls_x509_crt>
     let ownKey: UnsafeMutablePointer<mbedtls_pk_context>
+    /// The NULL-terminated array of C strings `mbedtls_ssl_conf_alpn_protocols` keeps a pointer
+    /// to (not a copy): it lives as long as `config` and is freed in `deinit`.
+    private var alpnList: UnsafeMutablePointer<UnsafePointer<CChar>?>?
 
     private init(role: Role, verifiesPeer: Bool, random: SecureRandom) throws(TLSError) {
         self.role = role
@@ -50,37 +58,68 @@ public final class TLSConfiguration {
         trusted.deallocate()
         ownCertificate.deallocate()
         ownKey.deallocate()
+        if let list = alpnList {
+            var i = 0
+            while let name = list[i] {
+                UnsafeMutablePointer(mutating: name).deallocate()
+                i += 1
+            }
+            list.deallocate()
+        }
     }
 
     /// A client configuration. `trustPaths` are PEM bundles or directories of certificates
     /// (each entry may be either); empty means the system bundle. With `verify` false nothing
     /// about the server's certificate is checked (`-k`): for development only.
-    public static func client(trustPaths: [String], verify: Bool, random: SecureRandom) throws(TLSError) -> TLSConfiguration {
+    ///
+    /// With `certificateFile` (PEM or DER, the client's certificate first, then any
+    /// intermediates) and its unencrypted `keyFile`, the client presents them when the server
+    /// asks for a certificate (mutual TLS, as AWS IoT Core wants of a device); give both or
+    /// neither. `alpn` lists the protocol names offered in the ALPN extension (RFC 7301), most
+    /// preferred first: AWS IoT Core takes MQTT on port 443 under `x-amzn-mqtt-ca`.
+    public static func client(trustPaths: [String], verify: Bool, random: SecureRandom,
+                              certificateFile: String? = nil, keyFile: String? = nil,
+                              alpn: [String] = []) throws(TLSError) -> TLSConfiguration {
         let c = try TLSConfiguration(role: .client, verifiesPeer: verify, random: random)
         // The cheapest record cipher first, for servers that let the client choose: AES-GCM
         // where this build has fast code for it on this CPU (AES and carry-less multiply
         // instructions), ChaCha20-Poly1305 everywhere else, where it beats a portable AES-GCM
         // (docs/CRYPTO.md has the figures).
         lp_ssl_conf_cipher_order(c.config, CryptoBackend.aesGCMIsFast ? 1 : 0)
-        if verify {
-            for path in trustPaths.isEmpty ? [systemBundle] : trustPaths {
-                try c.addTrusted(path)
-            }
-            mbedtls_ssl_conf_ca_chain(c.config, c.trusted, nil)
+        if verify { try c.trust(trustPaths) }
+        if let certificateFile, let keyFile {
+            try c.useOwnCertificate(certificateFile, keyFile: keyFile)
+        } else if let certificateFile {
+            throw TLSError(Int32(LP_ERR_SSL_BAD_INPUT_DATA), "the client certificate \(certificateFile) was given without its private key file")
+        } else if let keyFile {
+            throw TLSError(Int32(LP_ERR_SSL_BAD_INPUT_DATA), "the private key \(keyFile) was given without its client certificate file")
         }
+        try c.offerALPN(alpn)
         return c
     }
 
     /// A server configuration presenting `certificateFile` (PEM chain) with `keyFile`.
-    public static func server(certificateFile: String, keyFile: String, random: SecureRandom) throws(TLSError) -> TLSConfiguration {
-        let c = try TLSConfiguration(role: .server, verifiesPeer: false, random: random)
-        var status = withCString(certificateFile) { mbedtls_x509_crt_parse_file(c.ownCertificate, $0) }
-        if status != 0 { throw TLSError(status, "loading the certificate \(certificateFile)") }
-        status = withCString(keyFile) { lp_pk_parse_keyfile(c.ownKey, $0, random.drbg) }
-        if status != 0 { throw TLSError(status, "loading the private key \(keyFile)") }
-        status = mbedtls_ssl_conf_own_cert(c.config, c.ownCertificate, c.ownKey)
-        if status != 0 { throw TLSError(status, "using the certificate \(certificateFile) with the key \(keyFile)") }
+    /// With `requireClientCertificate`, every client must present a certificate that chains to
+    /// one of these trust paths (bundles or directories; empty means the system bundle), as
+    /// AWS IoT Core requires: for tests and the emulator. `alpn` lists the protocol names the
+    /// server accepts, in its order of preference; a client offering ALPN and none of them is
+    /// refused (RFC 7301 §3.2).
+    public static func server(certificateFile: String, keyFile: String, random: SecureRandom,
+                              requireClientCertificate clientTrustPaths: [String]? = nil,
+                              alpn: [String] = []) throws(TLSError) -> TLSConfiguration {
+        let c = try TLSConfiguration(role: .server, verifiesPeer: clientTrustPaths != nil, random: random)
+        try c.useOwnCertificate(certificateFile, keyFile: keyFile)
+        if let clientTrustPaths { try c.trust(clientTrustPaths) }
+        try c.offerALPN(alpn)
         return c
+    }
+
+    /// Loads the trusted roots the peer's chain is verified against.
+    private func trust(_ paths: [String]) throws(TLSError) {
+        for path in paths.isEmpty ? [TLSConfiguration.systemBundle] : paths {
+            try addTrusted(path)
+        }
+        mbedtls_ssl_conf_ca_chain(config, trusted, nil)
     }
 
     /// Adds a PEM/DER file, or every certificate file in a directory, to the trusted roots.
@@ -97,6 +136,75 @@ public final class TLSConfiguration {
         if trusted.pointee.version == 0 {
             throw TLSError(Int32(LP_ERR_X509_FILE_IO_ERROR), "no usable certificate found in \(path)")
         }
+    }
+
+    /// Loads this side's certificate chain and private key, checks that they belong together,
+    /// and makes them the ones presented: by a server always, by a client when asked. Each
+    /// failure names the file and what is wrong with it.
+    private func useOwnCertificate(_ certificateFile: String, keyFile: String) throws(TLSError) {
+        var status = withCString(certificateFile) { mbedtls_x509_crt_parse_file(ownCertificate, $0) }
+        if status == Int32(LP_ERR_PK_FILE_IO_ERROR) || status == Int32(LP_ERR_X509_FILE_IO_ERROR) {
+            throw TLSError(status, "cannot read the certificate file \(certificateFile) (missing, or not readable by this user)")
+        }
+        if status < 0 {
+            throw TLSError(status, "the certificate file \(certificateFile) holds no certificate this build can read (it must be PEM, '-----BEGIN CERTIFICATE-----', or DER)")
+        }
+        // Positive: that many certificates of the chain could not be parsed; the chain would
+        // be sent incomplete.
+        if status > 0 { throw TLSError(status, "loading the certificate chain \(certificateFile)") }
+
+        status = withCString(keyFile) { lp_pk_parse_keyfile(ownKey, $0, random.drbg) }
+        if status != 0 {
+            if status == Int32(LP_ERR_PK_FILE_IO_ERROR) {
+                throw TLSError(status, "cannot read the private key file \(keyFile) (missing, or not readable by this user)")
+            }
+            // The minimal 3.6 build has no PKCS#5, so it sees an encrypted PKCS#8 key as an
+            // invalid one: the file itself tells.
+            if status == Int32(LP_ERR_PK_PASSWORD_REQUIRED) || status == Int32(LP_ERR_PK_PASSWORD_MISMATCH)
+                || withCString(keyFile, { lp_file_says_encrypted($0) }) != 0 {
+                throw TLSError(status, "the private key \(keyFile) is encrypted with a passphrase, which is not supported: store it unencrypted (e.g. openssl pkey -in KEY -out PLAIN), readable only by the proxy's user")
+            }
+            if status == Int32(LP_ERR_PK_UNKNOWN_PK_ALG) || status == Int32(LP_ERR_PK_FEATURE_UNAVAILABLE) {
+                throw TLSError(status, "the private key \(keyFile) is of a type or curve this build does not support (RSA, or ECDSA on P-256 or P-384)")
+            }
+            throw TLSError(status, "the file \(keyFile) holds no private key this build can read (it must be an unencrypted PEM or DER key: PKCS#8, or PKCS#1 RSA, or SEC1 EC)")
+        }
+        status = lp_x509_crt_check_key(ownCertificate, ownKey, random.drbg)
+        if status != 0 {
+            throw TLSError(status, "the private key \(keyFile) does not match the certificate \(certificateFile) (it is not the key of the certificate's public key)")
+        }
+        status = mbedtls_ssl_conf_own_cert(config, ownCertificate, ownKey)
+        if status != 0 { throw TLSError(status, "using the certificate \(certificateFile) with the key \(keyFile)") }
+        hasOwnCertificate = true
+    }
+
+    /// Sets the ALPN protocol names (none: no ALPN extension). Each name is 1 to 255 bytes
+    /// without NUL (RFC 7301 §3.1), copied into memory this configuration owns.
+    private func offerALPN(_ names: [String]) throws(TLSError) {
+        guard !names.isEmpty else { return }
+        for name in names {
+            let n = name.utf8.count
+            guard n >= 1 && n <= 255 && !name.containsByte(0) else {
+                throw TLSError(Int32(LP_ERR_SSL_BAD_INPUT_DATA), "the ALPN protocol name '\(name)' must be 1 to 255 bytes without NUL")
+            }
+        }
+        let list = UnsafeMutablePointer<UnsafePointer<CChar>?>.allocate(capacity: names.count + 1)
+        for (i, name) in names.enumerated() {
+            let bytes = name.utf8.count
+            let copy = UnsafeMutablePointer<CChar>.allocate(capacity: bytes + 1)
+            var k = 0
+            for b in name.utf8 {
+                copy[k] = CChar(bitPattern: b)
+                k += 1
+            }
+            copy[bytes] = 0
+            list[i] = UnsafePointer(copy)
+        }
+        list[names.count] = nil
+        alpnList = list
+        alpnProtocols = names
+        let status = mbedtls_ssl_conf_alpn_protocols(config, list)
+        if status != 0 { throw TLSError(status, "setting the ALPN protocols") }
     }
 }
 
@@ -194,17 +302,67 @@ public final class TLSEngine {
             return .done
         }
         if isWant(status) { return .wantIO }
+        let peer = configuration.role == .client ? "server" : "client"
         if status == Int32(LP_ERR_X509_CERT_VERIFY_FAILED) {
-            throw TLSError(status, "verifying the server's certificate", verification: verificationProblems(),
+            throw TLSError(status, "verifying the \(peer)'s certificate", verification: verificationProblems(),
                            verificationFlags: mbedtls_ssl_get_verify_result(ssl))
         }
         switch status {
         case Int32(LP_ERR_SSL_FATAL_ALERT_MESSAGE):
-            throw TLSError(status, "TLS handshake (the server ended it with an alert: most often it shares no TLS version, cipher suite or key-exchange group with this build, which offers \(offeredVersions) with ECDHE and AES-GCM or ChaCha20-Poly1305)")
+            throw TLSError(status, "TLS handshake (the \(peer) ended it with " + alertReason(lp_ssl_received_alert(ssl)) + ")")
         case Int32(LP_ERR_SSL_BAD_PROTOCOL_VERSION):
-            throw TLSError(status, "TLS handshake (the server does not speak TLS 1.2 or newer)")
+            throw TLSError(status, "TLS handshake (the \(peer) does not speak TLS 1.2 or newer)")
+        case Int32(LP_ERR_SSL_NO_CLIENT_CERTIFICATE):
+            // mbedTLS's TLS 1.2 server ends the handshake here without telling the client (its
+            // TLS 1.3 server sends certificate_required itself): say it with handshake_failure,
+            // as RFC 5246 §7.4.6 has it, so the client learns why rather than seeing the
+            // connection drop. A second alert after TLS 1.3's is ignored by the client.
+            _ = mbedtls_ssl_send_alert_message(ssl, UInt8(MBEDTLS_SSL_ALERT_LEVEL_FATAL), UInt8(MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE))
+            throw TLSError(status, "TLS handshake (the client presented no certificate, and this server requires one)")
         default:
             throw TLSError(status, "TLS handshake")
+        }
+    }
+
+    /// What the peer's fatal alert (RFC 8446 §6.2) most likely means, for the handshake error.
+    private func alertReason(_ alert: Int32) -> String {
+        let asClient = configuration.role == .client
+        let hasCertificate = configuration.hasOwnCertificate
+        let mismatch = "most often it shares no TLS version, cipher suite or key-exchange group with this build, which offers \(offeredVersions) with ECDHE and AES-GCM or ChaCha20-Poly1305"
+        switch alert {
+        case 116:
+            // certificate_required: TLS 1.3's own word for it.
+            return asClient && !hasCertificate
+                ? "a certificate_required alert: the server wanted a client certificate, and none was configured (give the device certificate and its private key)"
+                : "a certificate_required alert: the peer wanted a certificate"
+        case 40:
+            // handshake_failure: also what TLS 1.2 servers send when a required client
+            // certificate is missing.
+            var text = "a handshake_failure alert: " + mismatch
+            if asClient && !hasCertificate {
+                text += "; or the server wanted a client certificate, and none was configured"
+            }
+            return text
+        case 42, 43, 44, 45, 46, 48, 49:
+            // bad_certificate, unsupported_certificate, certificate_revoked, certificate_expired,
+            // certificate_unknown, unknown_ca, access_denied.
+            let name = alert == 42 ? "a bad_certificate" : alert == 43 ? "an unsupported_certificate"
+                : alert == 44 ? "a certificate_revoked" : alert == 45 ? "a certificate_expired"
+                : alert == 46 ? "a certificate_unknown" : alert == 48 ? "an unknown_ca" : "an access_denied"
+            if asClient && hasCertificate {
+                return name + " alert: the server refused this client's certificate (is it registered and active, and does the server trust its issuer?)"
+            }
+            return name + " alert: the peer refused a certificate or this connection"
+        case 120:
+            var offered = ""
+            for name in configuration.alpnProtocols { offered += (offered.isEmpty ? "" : ", ") + name }
+            return "a no_application_protocol alert: it accepts none of the ALPN protocols offered (\(offered))"
+        case 70:
+            return "a protocol_version alert: it shares no TLS version with this build, which offers \(offeredVersions)"
+        case -1:
+            return "an alert: " + mismatch
+        default:
+            return "alert \(alert): " + mismatch
         }
     }
 
@@ -266,6 +424,13 @@ public final class TLSEngine {
         guard handshakeComplete, let version = mbedtls_ssl_get_version(ssl),
               let suite = mbedtls_ssl_get_ciphersuite(ssl) else { return "no session" }
         return text(of: version) + " " + text(of: suite)
+    }
+
+    /// The protocol both sides agreed on through ALPN (RFC 7301), nil when the client offered
+    /// none, the server did not answer the extension, or the handshake is not done.
+    public var negotiatedALPN: String? {
+        guard handshakeComplete, let name = mbedtls_ssl_get_alpn_protocol(ssl) else { return nil }
+        return text(of: name)
     }
 
     private func text(of name: UnsafePointer<CChar>) -> String {

@@ -1,10 +1,10 @@
 /*
  * localproxy: the mbedTLS 3.6 configuration of the static device builds.
  *
- * The proxy is a TLS client of one kind of server (the tunnelling data plane, or a local
- * emulator), so everything else is left out: no server side, no DTLS, no session tickets or
- * resumption, no PSK, no early data, no renegotiation, no CBC or legacy ciphers, no self
- * tests, no threading (one event loop thread). `make` copies this file over
+ * The proxy is a TLS client of the tunnelling data plane and of AWS IoT Core's MQTT endpoint
+ * (or of a local emulator of them), so everything else is left out: no server side, no DTLS,
+ * no session tickets or resumption, no PSK, no early data, no renegotiation, no CBC or legacy
+ * ciphers, no self tests, no threading (one event loop thread). `make` copies this file over
  * include/mbedtls/mbedtls_config.h of the source it unpacks, so the library and the Swift code
  * see one set of struct layouts (`make check-abi` verifies that). It keeps every choice of
  * the mbedTLS 2.28 configuration it replaced, and adds TLS 1.3.
@@ -30,7 +30,13 @@
  *   SHA-384 (a SHA-512 variant) for the P-384 chains and TLS_AES_256_GCM_SHA384. SHA-256 and
  *   SHA-512 in their smaller (not unrolled) forms: they hash only handshakes and certificates,
  *   never the relayed bytes, and this saves 3.4 KB of armv7 code (docs/FOOTPRINT.md).
- * - PEM and X.509 parsing from files (the -c option and the system CA bundle).
+ * - PEM and X.509 parsing from files (the -c option and the system CA bundle, and the device
+ *   certificate and key the MQTT agent presents to AWS IoT Core: a client certificate needs no
+ *   other option, since signing with ECDSA or RSA and checking that key and certificate match,
+ *   mbedtls_pk_check_pair, come with the modules above).
+ * - ALPN (MBEDTLS_SSL_ALPN): AWS IoT Core takes MQTT over TLS on port 443 only from clients
+ *   that offer the protocol x-amzn-mqtt-ca; on port 443 it is how the agent passes firewalls
+ *   that allow HTTPS only.
  * - mbedtls_strerror, so every TLS failure is named in the log.
  *
  * Left out on purpose, besides the above:
@@ -76,6 +82,7 @@
 
 /* TLS */
 #define MBEDTLS_SSL_ALL_ALERT_MESSAGES
+#define MBEDTLS_SSL_ALPN
 #define MBEDTLS_SSL_EXTENDED_MASTER_SECRET
 #define MBEDTLS_SSL_KEEP_PEER_CERTIFICATE
 #define MBEDTLS_SSL_PROTO_TLS1_2
