@@ -54,11 +54,45 @@ public struct Configuration {
     public var webProxyNote: String? = nil
     /// Warnings found while parsing (logged once the logger is set up).
     public var warnings: [String] = []
+    /// `--mqtt-endpoint` and its companions: agent mode, in which the access tokens come from
+    /// MQTT notifications (docs/AGENT.md); nil otherwise.
+    public var agent: AgentSettings? = nil
 
     public init() {}
 
     /// The pong deadline in effect (0: off).
     public var effectivePongTimeoutMilliseconds: Int { pongTimeoutMilliseconds ?? 2 * pingIntervalMilliseconds + 5_000 }
+}
+
+/// Agent mode: where the notifications come from and who this device is.
+public struct AgentSettings: Equatable {
+    /// The MQTT broker (the account's AWS IoT data endpoint).
+    public var brokerHost: String
+    /// 8883 by default; on 443 the connection asks for ALPN `x-amzn-mqtt-ca`, as AWS IoT requires.
+    public var brokerPort: UInt16
+    public var thingName: String
+    /// The device certificate (PEM) and its private key, for mutual TLS.
+    public var certificateFile: String
+    public var keyFile: String
+    /// The MQTT client id: the thing name unless `--mqtt-client-id` says otherwise.
+    public var clientId: String
+    public var keepAliveSeconds: UInt16
+
+    /// The AWS IoT topic the service publishes destination tokens to.
+    public var notifyTopic: String { "$aws/things/\(thingName)/tunnels/notify" }
+    /// ALPN for MQTT over TLS on port 443 (AWS IoT tells MQTT from HTTPS by it).
+    public var alpn: [String] { brokerPort == 443 ? ["x-amzn-mqtt-ca"] : [] }
+
+    public init(brokerHost: String, brokerPort: UInt16, thingName: String, certificateFile: String, keyFile: String,
+                clientId: String, keepAliveSeconds: UInt16) {
+        self.brokerHost = brokerHost
+        self.brokerPort = brokerPort
+        self.thingName = thingName
+        self.certificateFile = certificateFile
+        self.keyFile = keyFile
+        self.clientId = clientId
+        self.keepAliveSeconds = keepAliveSeconds
+    }
 }
 
 /// What the command line asked for.
@@ -116,6 +150,12 @@ public enum ConfigurationParser {
         OptionSpec(short: nil, long: "dns", takesValue: true),
         OptionSpec(short: nil, long: "syslog", takesValue: false),
         OptionSpec(short: nil, long: "log-format", takesValue: true),
+        OptionSpec(short: nil, long: "mqtt-endpoint", takesValue: true),
+        OptionSpec(short: nil, long: "thing-name", takesValue: true),
+        OptionSpec(short: nil, long: "cert", takesValue: true),
+        OptionSpec(short: nil, long: "key", takesValue: true),
+        OptionSpec(short: nil, long: "mqtt-client-id", takesValue: true),
+        OptionSpec(short: nil, long: "mqtt-keep-alive", takesValue: true),
     ]
 
     static func spec(long: String) -> OptionSpec? {
@@ -259,6 +299,17 @@ public enum ConfigurationParser {
             default: throw ConfigurationError("--mode must be source (src) or destination (dst), got '\(m)'")
             }
         }
+        let agentMode = has("mqtt-endpoint")
+        if agentMode {
+            if mode == .source || has("source-listen-port") {
+                throw ConfigurationError("--mqtt-endpoint (agent mode) serves the device side: leave out -s/--source-listen-port and --mode source")
+            }
+            mode = .destination
+        } else {
+            for name in ["thing-name", "cert", "key", "mqtt-client-id", "mqtt-keep-alive"] where has(name) {
+                throw ConfigurationError("--\(name) is for agent mode: give --mqtt-endpoint HOST[:PORT] too (see --help)")
+            }
+        }
         if has("source-listen-port") && has("destination-app") {
             throw ConfigurationError("give either -s/--source-listen-port (source mode) or -d/--destination-app (destination mode), not both")
         }
@@ -290,12 +341,24 @@ public enum ConfigurationParser {
             (c.endpointHost, c.endpointPort) = try parseEndpoint(e)
         } else if let r = region ?? environment("AWSIOT_TUNNEL_REGION") {
             c.endpointHost = try endpointHost(forRegion: r)
-        } else {
+        } else if !agentMode {
             throw ConfigurationError("no tunnel endpoint: give -r/--region (e.g. -r us-east-1) or -e/--proxy-endpoint HOST[:PORT]")
         }
+        // In agent mode without -e/-r, each notification's region names the endpoint.
 
-        // Access token: -t, then --access-token-file, then the environment.
-        if let t = last("access-token") {
+        // Access token: -t, then --access-token-file, then the environment; in agent mode, none.
+        if agentMode {
+            if has("access-token") || has("access-token-file") {
+                throw ConfigurationError("agent mode (--mqtt-endpoint) takes each access token from the MQTT notification: leave out -t/--access-token and --access-token-file")
+            }
+            if has("client-token") {
+                throw ConfigurationError("agent mode (--mqtt-endpoint) makes a client token for each tunnel: leave out -i/--client-token")
+            }
+            if environment("AWSIOT_TUNNEL_ACCESS_TOKEN") != nil {
+                c.warnings.append("AWSIOT_TUNNEL_ACCESS_TOKEN is ignored in agent mode: the access tokens come from the MQTT notifications")
+            }
+            c.agent = try parseAgent(last, fileStatus: fileStatus, userId: userId)
+        } else if let t = last("access-token") {
             c.accessToken = t
             if commandLine.contains(where: { $0.0.bytesEqual("access-token") }) {
                 c.accessTokenSource = "the command line"
@@ -325,12 +388,12 @@ public enum ConfigurationParser {
             c.accessToken = t
             c.accessTokenSource = "AWSIOT_TUNNEL_ACCESS_TOKEN"
         }
-        if c.accessToken.isEmpty {
+        if c.accessToken.isEmpty && !agentMode {
             throw ConfigurationError("no access token: set AWSIOT_TUNNEL_ACCESS_TOKEN, or use --access-token-file FILE or -t TOKEN")
         }
-        if let problem = accessTokenProblem(c.accessToken) { throw ConfigurationError(problem) }
+        if !agentMode, let problem = accessTokenProblem(c.accessToken) { throw ConfigurationError(problem) }
 
-        if let token = last("client-token") ?? environment("AWSIOT_TUNNEL_CLIENT_TOKEN") {
+        if !agentMode, let token = last("client-token") ?? environment("AWSIOT_TUNNEL_CLIENT_TOKEN") {
             guard isValidClientToken(token) else {
                 throw ConfigurationError("the client token must be 32 to 128 characters of letters, digits and '-' (a UUID works)")
             }
@@ -400,6 +463,54 @@ public enum ConfigurationParser {
     }
 
     // MARK: Pieces
+
+    /// `--mqtt-endpoint HOST[:PORT]`, `--thing-name`, `--cert`, `--key`, `--mqtt-client-id`,
+    /// `--mqtt-keep-alive`. The key is a secret like a token file: it must be private.
+    static func parseAgent(_ last: (String) -> String?, fileStatus: (String) -> FileStatus?,
+                           userId: UInt32) throws(ConfigurationError) -> AgentSettings {
+        let endpoint = lowercased(trim(last("mqtt-endpoint") ?? ""))
+        guard !endpoint.isEmpty else {
+            throw ConfigurationError("--mqtt-endpoint needs the AWS IoT data endpoint, e.g. --mqtt-endpoint abc123-ats.iot.us-east-1.amazonaws.com")
+        }
+        let (host, port) = try splitHostPort(endpoint, what: "--mqtt-endpoint")
+        guard let thing = last("thing-name") else {
+            throw ConfigurationError("agent mode needs --thing-name: the AWS IoT thing whose tunnel notifications this device takes")
+        }
+        try checkThingName(thing)
+        guard let certificate = last("cert"), !certificate.isEmpty, let key = last("key"), !key.isEmpty else {
+            throw ConfigurationError("agent mode needs the device certificate and its key: --cert FILE --key FILE (PEM, as AWS IoT issued them)")
+        }
+        guard let status = fileStatus(key) else {
+            throw ConfigurationError("cannot read --key \(key): no such file or no permission")
+        }
+        if let problem = status.problem(path: key, holding: "the device's private key", user: userId) {
+            throw ConfigurationError("--key \(problem)")
+        }
+        if fileStatus(certificate) == nil {
+            throw ConfigurationError("cannot read --cert \(certificate): no such file or no permission")
+        }
+        let clientId = last("mqtt-client-id") ?? thing
+        guard !clientId.isEmpty, clientId.utf8.count <= 128 else {
+            throw ConfigurationError("--mqtt-client-id must be 1 to 128 bytes (AWS IoT's limit)")
+        }
+        for b in clientId.utf8 where b < 0x20 || b == 0x7F {
+            throw ConfigurationError("--mqtt-client-id must not contain control characters")
+        }
+        let keepAlive = try intOption(last("mqtt-keep-alive"), "mqtt-keep-alive", 30...1200, 60)
+        return AgentSettings(brokerHost: host, brokerPort: port ?? 8883, thingName: thing, certificateFile: certificate,
+                             keyFile: key, clientId: clientId, keepAliveSeconds: UInt16(keepAlive))
+    }
+
+    /// Thing names as AWS IoT allows them: `[A-Za-z0-9:_-]`, 1 to 128 characters (so never an
+    /// MQTT wildcard or a topic separator).
+    static func checkThingName(_ name: String) throws(ConfigurationError) {
+        guard !name.isEmpty, name.utf8.count <= 128 else {
+            throw ConfigurationError("--thing-name '\(name)' must be 1 to 128 characters")
+        }
+        for b in name.utf8 where !isServiceIdByte(b) {
+            throw ConfigurationError("--thing-name '\(name)' may only contain letters, digits, '_', '-' and ':'")
+        }
+    }
 
     /// `HOST[:PORT]`, `[IPv6]:PORT`; lower-cased, port 443 by default.
     static func parseEndpoint(_ text: String) throws(ConfigurationError) -> (String, UInt16) {
@@ -532,6 +643,7 @@ public enum ConfigurationParser {
             throw ConfigurationError("service name '\(id)' may only contain letters, digits, '_', '-' and ':'")
         }
     }
+
 
     /// `--dns system|builtin` and the built-in resolver's test overrides from the environment.
     static func parseNameResolution(_ value: String?, environment: (String) -> String?,

@@ -65,6 +65,23 @@ public enum LocalProxyMain {
         logger.attach(to: loop)
 
         // The runtimes live until the loop is closed: close callbacks still reach them.
+        if let agent = configuration.agent {
+            let mqttTLS: TLSConfiguration
+            do {
+                mqttTLS = try TLSConfiguration.client(trustPaths: configuration.trustPaths, verify: configuration.verifyCertificates,
+                                                      random: random, certificateFile: agent.certificateFile, keyFile: agent.keyFile,
+                                                      alpn: agent.alpn)
+            } catch {
+                logger.fatal("\(error)")
+                return ExitCode.configuration
+            }
+            let runtime = AgentRuntime(configuration: configuration, settings: agent, logger: logger, loop: loop, random: random,
+                                       tunnelTLS: tls, mqttTLS: mqttTLS)
+            let code = runtime.run()
+            logger.finish()
+            _ = loop.close()
+            return code
+        }
         switch configuration.mode {
         case .destination:
             for m in configuration.destinationMappings {
@@ -155,6 +172,19 @@ public enum LocalProxyMain {
                                       getaddrinfo) or builtin (own DNS client: /etc/hosts, then
                                       the nameservers of /etc/resolv.conf). Default: system;
                                       builtin in fully static builds (no NSS there)
+
+    Agent mode (device side, tokens delivered by AWS IoT over MQTT instead of -t):
+          --mqtt-endpoint HOST[:PORT] the account's AWS IoT data endpoint (port 8883; on 443
+                                      ALPN x-amzn-mqtt-ca is used); turns agent mode on
+          --thing-name NAME           the thing whose tunnel notifications this device takes
+                                      ($aws/things/NAME/tunnels/notify)
+          --cert FILE                 the device certificate (PEM), for mutual TLS
+          --key FILE                  its private key (PEM; the file must be private to this user)
+          --mqtt-client-id ID         MQTT client id (default: the thing name)
+          --mqtt-keep-alive SECONDS   MQTT keep-alive, 30 to 1200 (60)
+      Each destination notification starts a tunnel with its token, its services mapped by -d;
+      a new notification replaces it; -e/-r, when given, override the notification's region.
+      -c lists the CAs of both the broker and the tunneling service.
 
     Environment: AWSIOT_TUNNEL_ACCESS_TOKEN, AWSIOT_TUNNEL_CLIENT_TOKEN, AWSIOT_TUNNEL_ENDPOINT,
     AWSIOT_TUNNEL_REGION (the command line takes precedence).
