@@ -25,7 +25,7 @@ public final class SourceRuntime: TunnelRuntime {
     private var lingering: [LocalConnectionID: Timer] = [:]
     private let runner = ActionRunner<SourceAction>()
 
-    public override init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
+    public init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
         super.init(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
     }
 

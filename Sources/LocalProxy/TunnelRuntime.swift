@@ -55,8 +55,16 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     private var linksMade = 0
     private var closedBytesToLocal: UInt64 = 0
     private var closedBytesFromLocal: UInt64 = 0
+    /// Set when this runtime is one session of the MQTT agent (`AgentRuntime`) rather than the
+    /// whole process: the agent owns the signals, the service manager and the loop, and hears
+    /// here, once, how the session ended (with the exit code a process would have returned).
+    var onFinished: ((Int32) -> Void)? = nil
+    /// Where the access token came from, for the log.
+    private let tokenSource: String
 
-    init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
+    /// `serviceManager` false: this runtime does not talk to systemd (the agent does).
+    init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration,
+         serviceManager notifies: Bool = true) {
         self.configuration = configuration
         self.logger = logger
         self.loop = loop
@@ -67,8 +75,9 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         reconnectTimer = Timer(loop: loop)
         stallTimer = Timer(loop: loop)
         shutdownTimer = Timer(loop: loop)
-        serviceManager = ServiceManager(environment: SystemAccess.environment, logger: logger)
+        serviceManager = ServiceManager(environment: notifies ? SystemAccess.environment : { _ in nil }, logger: logger)
         startedAt = loop.now
+        tokenSource = configuration.accessTokenSource
     }
 
     /// Local connections alive at once, counting those still closing (each holds about 192 KiB
@@ -85,18 +94,32 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
                     switch n {
                     case SIGHUP: reload()
                     case SIGUSR1: logger.report(statistics())
-                    default: stop(signal: n)
+                    default: stop("on signal \(n)")
                     }
                 })
             } catch {
                 logger.warning("cannot watch signal \(number): \(error)")
             }
         }
-        logger.info("access token from \(configuration.accessTokenSource) (fingerprint \(fingerprint(accessToken))); client token \(configuration.clientToken == nil ? "generated" : "given") (fingerprint \(fingerprint(clientToken)))")
-        connect()
+        start()
         loop.run()
         return exitCode ?? ExitCode.normal
     }
+
+    /// Connects; the owner runs the loop (`run()` for a whole process, the agent otherwise).
+    func start() {
+        logger.info("access token from \(tokenSource) (fingerprint \(fingerprint(accessToken))); client token \(configuration.clientToken == nil ? "generated" : "given") (fingerprint \(fingerprint(clientToken)))")
+        connect()
+    }
+
+    /// The agent stops this session (a new token replaced it, or the process stops): the same
+    /// polite close as on SIGTERM, ending in `onFinished` with code 0.
+    func stopSession(_ why: String) {
+        stop(why)
+    }
+
+    /// No tunnel and no local connection left: every handle of this runtime is closed or closing.
+    var isIdle: Bool { tunnel == nil && links.isEmpty && exitCode != nil }
 
     // MARK: Hooks for the modes
 
@@ -173,7 +196,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
             let what = "the service closed the tunnel connection (code \(code.map { String($0) } ?? "none")\(text.isEmpty ? "" : ", \(text)"))"
             let normal = code == nil || code == WebSocketCloseCode.normal
             if !normal && waitForNewToken(what, rejected: false) { return }
-            logger.info("tunnel closed by the service (code \(code.map { String($0) } ?? "none")\(text.isEmpty ? "" : ", \(text)")): exiting")
+            logger.info("tunnel closed by the service (code \(code.map { String($0) } ?? "none")\(text.isEmpty ? "" : ", \(text)")): \(onFinished == nil ? "exiting" : "ending this session")")
             finish(ExitCode.normal)
         case .rejected(let status, let phrase, let body) where status >= 400 && status < 500:
             let what = "the service rejected the connection: \(status) \(phrase)\(body.isEmpty ? "" : ": \(body)")"
@@ -280,11 +303,11 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         reconnectTimer.start(after: UInt64(delay)) { [self] in connect() }
     }
 
-    private func stop(signal number: Int32) {
+    private func stop(_ why: String) {
         guard !stopping else { return }
         stopping = true
         serviceManager.stopping()
-        logger.info("stopping on signal \(number): closing local connections and the tunnel")
+        logger.info("stopping \(why): closing local connections and the tunnel")
         sessionEnded()
         if let t = tunnel {
             t.stop()
@@ -297,7 +320,8 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     /// still writing what the tunnel delivered get `shutdownGraceMilliseconds` to finish, then
     /// are reset: a local application that does not read cannot hold the exit back.
     func finish(_ code: Int32) {
-        if exitCode == nil { exitCode = code }
+        let first = exitCode == nil
+        if first { exitCode = code }
         if !stopping { serviceManager.stopping() }
         stopping = true
         reconnectTimer.close()
@@ -307,7 +331,8 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         for w in signalWatchers { w.close() }
         signalWatchers.removeAll()
         tunnel?.abort("stopping")
-        Resolver.cancelAll()
+        // Lookups are process-wide: the agent's own (the MQTT broker's name) must go on.
+        if onFinished == nil { Resolver.cancelAll() }
         releaseHandles()
         for (_, link) in links { link.closeAfterFlush() }
         if links.isEmpty {
@@ -317,6 +342,10 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
                 logger.warning("\(links.count) local connection(s) still writing \(TunnelRuntime.shutdownGraceMilliseconds) ms after the tunnel ended: resetting them")
                 for (_, link) in links { link.reset() }
             }
+        }
+        if first, let done = onFinished {
+            onFinished = nil
+            done(exitCode ?? code)
         }
     }
 
@@ -362,7 +391,9 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
 
     /// One line for SIGUSR1: uptime, the tunnel, totals and each local connection (32 of them
     /// at most, in no particular order; the count says how many more).
-    func statistics() -> String {
+    func statistics() -> String { "statistics: " + statisticsBody() }
+
+    func statisticsBody() -> String {
         let now = loop.now
         var toLocal = closedBytesToLocal
         var fromLocal = closedBytesFromLocal
@@ -375,7 +406,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
             }
         }
         let tunnelText = connectedAt.map { "connected for \((now &- $0) / 1000) s" } ?? "not connected"
-        var line = "statistics: up \((now &- startedAt) / 1000) s; tunnel \(tunnelText); \(sessionsOpened) session(s), \(max(0, sessionsOpened - 1)) reconnect(s); local connections: \(links.count) open, \(linksMade) in all; bytes \(toLocal) to local, \(fromLocal) from local"
+        var line = "up \((now &- startedAt) / 1000) s; tunnel \(tunnelText); \(sessionsOpened) session(s), \(max(0, sessionsOpened - 1)) reconnect(s); local connections: \(links.count) open, \(linksMade) in all; bytes \(toLocal) to local, \(fromLocal) from local"
         if !each.isEmpty {
             line += "; open: " + each.joined(separator: "; ")
             if links.count > each.count { line += "; and \(links.count - each.count) more" }
