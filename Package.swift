@@ -61,7 +61,8 @@ let package = Package(
 
         // Host-only local emulator of the tunneling service (data plane and control plane), so a
         // whole tunnel runs on one machine. Full Swift with Foundation; never linked into the device.
-        .target(name: "TunnelService", dependencies: ["TunnelCore", "TunnelTLS", "TunnelIO"]),
+        // It publishes tunnel notifications with the device's own MQTT client (LocalProxy).
+        .target(name: "TunnelService", dependencies: ["TunnelCore", "TunnelTLS", "TunnelIO", "LocalProxy"]),
         .executableTarget(name: "tunnel-service", dependencies: ["TunnelService"]),
         .testTarget(name: "TunnelServiceTests", dependencies: ["TunnelService"]),
     ]

@@ -67,7 +67,7 @@ public final class ControlPlane {
 
     private func dispatch(_ operation: String, _ input: JSONInput, now: Double) throws(ServiceError) -> ([String: JSONValue], [ServiceEffect]) {
         switch operation {
-        case "OpenTunnel": return (try openTunnel(input, now: now), [])
+        case "OpenTunnel": return try openTunnel(input, now: now)
         case "DescribeTunnel": return (try describeTunnel(input), [])
         case "ListTunnels": return (try listTunnels(input), [])
         case "RotateTunnelAccessToken": return try rotate(input, now: now)
@@ -87,7 +87,7 @@ public final class ControlPlane {
         }
     }
 
-    private func openTunnel(_ input: JSONInput, now: Double) throws(ServiceError) -> [String: JSONValue] {
+    private func openTunnel(_ input: JSONInput, now: Double) throws(ServiceError) -> ([String: JSONValue], [ServiceEffect]) {
         let description = try input.string("description")
         if let description { try Shapes.checkDescription(description) }
         var tags: [Tag] = []
@@ -102,9 +102,17 @@ public final class ControlPlane {
         }
         let opened = try registry.open(description: description, tags: tags, destinationConfig: destination,
                                        lifetimeMinutes: lifetime, now: now)
-        return ["tunnelId": .string(opened.tunnel.tunnelId), "tunnelArn": .string(opened.tunnel.tunnelArn),
-                "sourceAccessToken": .string(opened.sourceAccessToken),
-                "destinationAccessToken": .string(opened.destinationAccessToken)]
+        let output: [String: JSONValue] = [
+            "tunnelId": .string(opened.tunnel.tunnelId), "tunnelArn": .string(opened.tunnel.tunnelArn),
+            "sourceAccessToken": .string(opened.sourceAccessToken),
+            "destinationAccessToken": .string(opened.destinationAccessToken)]
+        return (output, Self.notification(opened.tunnel.destinationConfig, token: opened.destinationAccessToken))
+    }
+
+    /// The MQTT notification the service sends the destination when the tunnel names a thing.
+    static func notification(_ config: DestinationConfig?, token: String?) -> [ServiceEffect] {
+        guard let config, let thing = config.thingName, let token else { return [] }
+        return [.notifyDestination(thingName: thing, accessToken: token, services: config.services)]
     }
 
     private func describeTunnel(_ input: JSONInput) throws(ServiceError) -> [String: JSONValue] {
@@ -146,7 +154,9 @@ public final class ControlPlane {
         var output: [String: JSONValue] = ["tunnelArn": .string(rotated.tunnelArn)]
         if let token = rotated.tokens[.source] { output["sourceAccessToken"] = .string(token) }
         if let token = rotated.tokens[.destination] { output["destinationAccessToken"] = .string(token) }
-        return (output, rotated.effects)
+        // After the old connection is closed: the new token goes to the thing, as on opening.
+        let config = try registry.describe(tunnelId).destinationConfig
+        return (output, rotated.effects + Self.notification(config, token: rotated.tokens[.destination]))
     }
 
     private func closeTunnel(_ input: JSONInput, now: Double) throws(ServiceError) -> [ServiceEffect] {

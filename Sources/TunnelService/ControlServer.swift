@@ -16,6 +16,8 @@ final class ControlServer {
     let log: ServiceLog
     let random: SecureRandom
     let clock: () -> Double
+    /// Publishes destination tokens to the MQTT broker (`--mqtt-broker`), when there is one.
+    var notifier: TunnelNotifier? = nil
     /// Called after every request that reached the control plane (expiry may have changed).
     var afterRequest: (() -> Void)? = nil
 
@@ -95,6 +97,13 @@ final class ControlServer {
             log.info("control plane: \(operation) -> \(response.status)")
         }
         plane.apply(response.effects)
+        for case .notifyDestination(let thing, let token, let services) in response.effects {
+            if let notifier {
+                notifier.publish(thing: thing, accessToken: token, services: services)
+            } else {
+                log.info("control plane: no --mqtt-broker, so the destination token for thing \(thing) is not published")
+            }
+        }
         afterRequest?()
         return HTTPRequestParser.response(status: response.status, contentType: ControlPlane.contentType,
                                           body: Array(response.body.serialized.utf8), keepAlive: request.keepAlive,

@@ -236,6 +236,9 @@ final class DataPlane {
                 }
             case .forget(let tunnelId):
                 relays[tunnelId] = nil
+            case .notifyDestination:
+                // Not the data plane's business: the control server hands it to the notifier.
+                continue
             }
         }
     }

@@ -138,4 +138,7 @@ public enum ServiceEffect: Equatable, Sendable {
     case disconnect(tunnelId: String, sides: [Side], code: UInt16, reason: String)
     /// The tunnel is gone from the data plane for good (closed, expired or deleted).
     case forget(tunnelId: String)
+    /// Publish the destination token on `$aws/things/THING/tunnels/notify` (OpenTunnel or a
+    /// destination rotation of a tunnel with a thing name); done when an MQTT broker is set.
+    case notifyDestination(thingName: String, accessToken: String, services: [String])
 }

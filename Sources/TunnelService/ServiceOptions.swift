@@ -32,6 +32,13 @@ public struct ServiceOptions: Equatable, Sendable {
     public var minuteMilliseconds = 60_000
     public var maximumConnections = 128
     public var verbosity = 4
+    /// `--mqtt-broker HOST:PORT`: where destination notifications are published (none: not sent).
+    public var mqttBrokerHost: String? = nil
+    public var mqttBrokerPort: UInt16 = 8883
+    /// The broker's CA, and this emulator's client certificate and key when the broker wants one.
+    public var mqttCAFile: String? = nil
+    public var mqttCertificateFile: String? = nil
+    public var mqttKeyFile: String? = nil
 
     public init() {}
 }
@@ -107,6 +114,19 @@ public enum ServiceOptionParser {
             case "--max-connections": options.maximumConnections = try number(argument, 2...4096)
             case "--minute-ms": options.minuteMilliseconds = try number(argument, 1...60_000)
             case "-v", "--verbose": options.verbosity = try number(argument, 0...6)
+            case "--mqtt-broker":
+                let text = try value(argument)
+                guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]), port > 0,
+                      colon != text.startIndex else {
+                    throw OptionError("--mqtt-broker must be HOST:PORT, e.g. 127.0.0.1:8883, not '\(text)'")
+                }
+                var host = String(text[..<colon])
+                if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+                options.mqttBrokerHost = host
+                options.mqttBrokerPort = port
+            case "--mqtt-ca": options.mqttCAFile = try value(argument)
+            case "--mqtt-cert": options.mqttCertificateFile = try value(argument)
+            case "--mqtt-key": options.mqttKeyFile = try value(argument)
             default:
                 argument = argument.isEmpty ? "''" : argument
                 throw OptionError("unknown option \(argument)")
@@ -121,6 +141,15 @@ public enum ServiceOptionParser {
         }
         if (options.certificateFile == nil) != (options.keyFile == nil) {
             throw OptionError("--cert and --key go together")
+        }
+        if (options.mqttCertificateFile == nil) != (options.mqttKeyFile == nil) {
+            throw OptionError("--mqtt-cert and --mqtt-key go together")
+        }
+        if options.mqttBrokerHost == nil && (options.mqttCAFile != nil || options.mqttCertificateFile != nil) {
+            throw OptionError("--mqtt-ca, --mqtt-cert and --mqtt-key belong to --mqtt-broker HOST:PORT")
+        }
+        if options.mqttBrokerHost != nil && options.mqttCAFile == nil {
+            throw OptionError("--mqtt-broker needs --mqtt-ca FILE: the CA that signed the broker's certificate (the connection is always TLS)")
         }
         if options.caFile != nil && options.certificateFile == nil {
             throw OptionError("--ca only names the CA of a certificate given with --cert")
@@ -151,6 +180,11 @@ public enum ServiceOptionParser {
       --max-open-tunnels N     open tunnels allowed at once (300)
       --max-connections N      WebSocket connections served at once (128)
       --minute-ms N            length of a lifetime minute in ms, for tests (60000)
+      --mqtt-broker HOST:PORT  publish each destination token (OpenTunnel, or a destination
+                               rotation, of a tunnel with destinationConfig.thingName) with
+                               QoS 1 on $aws/things/THING/tunnels/notify, over TLS
+      --mqtt-ca FILE           the CA of the broker's certificate (required with --mqtt-broker)
+      --mqtt-cert FILE --mqtt-key FILE  the client certificate the broker asks for
       -v, --verbose N          0 silent ... 4 info (default) ... 6 trace, on stderr
       -h, --help               show this help
 

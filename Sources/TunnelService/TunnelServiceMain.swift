@@ -95,6 +95,13 @@ final class ServiceRuntime {
         control = ControlServer(loop: loop, controlPlane: ControlPlane(registry: registry, requiredAccessKeyId: options.requiredAccessKeyId),
                                 plane: plane, log: log, random: random, clock: ServiceRuntime.now)
         expiryTimer = TunnelIO.Timer(loop: loop)
+        if let brokerHost = options.mqttBrokerHost {
+            let mqttTLS = try TLSConfiguration.client(trustPaths: options.mqttCAFile.map { [$0] } ?? [], verify: true, random: random,
+                                                      certificateFile: options.mqttCertificateFile, keyFile: options.mqttKeyFile)
+            let notifier = TunnelNotifier(loop: loop, host: brokerHost, port: options.mqttBrokerPort, tls: mqttTLS,
+                                          region: options.region, log: log, random: random)
+            control.notifier = notifier
+        }
     }
 
     static func now() -> Double { Date().timeIntervalSince1970 }
@@ -139,6 +146,7 @@ final class ServiceRuntime {
         announce("data-plane \(host):\(dataBound.port)")
         announce("control-plane http://\(host):\(apiBound.port)")
         announce("ca \(certificates.ca)")
+        control.notifier?.start()
         announce("ready")
         log.info("data plane on \(dataBound) (framing \(options.framing), on reconnect \(options.onReconnect.rawValue)); control plane on \(apiBound)")
         loop.run()
@@ -178,6 +186,7 @@ final class ServiceRuntime {
         stopping = true
         log.info("stopping")
         control.shutdown()
+        control.notifier?.stop()
         expiryTimer.close()
         // The signal watchers stay: a second SIGTERM during the stop must not fall back to the
         // default action and kill the process before the close frames are out. They do not keep
