@@ -152,6 +152,34 @@ struct ControlPlaneTests {
         #expect(h.error("RotateTunnelAccessToken", #"{"tunnelId":"nope","clientMode":"ALL"}"#) == "ResourceNotFoundException")
     }
 
+    /// A thing name makes the service publish the destination token: on opening, and on each
+    /// rotation that covers the destination, after the old connection is closed.
+    @Test func destinationTokensAreNotifiedToTheThing() {
+        let h = Harness()
+        let opened = h.call("OpenTunnel", #"{"destinationConfig":{"thingName":"gw1","services":["SSH","HTTP"]}}"#)
+        #expect(opened.effects == [.notifyDestination(thingName: "gw1", accessToken: "token-2", services: ["SSH", "HTTP"])])
+        #expect(h.call("OpenTunnel", #"{"destinationConfig":{"services":["SSH"]}}"#).effects.isEmpty, "no thing, no notification")
+        #expect(h.call("OpenTunnel").effects.isEmpty)
+
+        #expect(h.call("RotateTunnelAccessToken", #"{"tunnelId":"tunnel-1","clientMode":"SOURCE"}"#).effects
+            == [.disconnect(tunnelId: "tunnel-1", sides: [.source], code: 1008, reason: "access token rotated")])
+        let rotated = h.call("RotateTunnelAccessToken", #"{"tunnelId":"tunnel-1","clientMode":"DESTINATION"}"#)
+        #expect(rotated.effects == [.disconnect(tunnelId: "tunnel-1", sides: [.destination], code: 1008, reason: "access token rotated"),
+                                    .notifyDestination(thingName: "gw1", accessToken: "token-8", services: ["SSH", "HTTP"])])
+        // The rotation's own destinationConfig replaces the tunnel's, thing and services.
+        let moved = h.call("RotateTunnelAccessToken", #"{"tunnelId":"tunnel-1","clientMode":"ALL","destinationConfig":{"thingName":"gw2","services":["VNC"]}}"#)
+        #expect(moved.effects == [.disconnect(tunnelId: "tunnel-1", sides: [.source, .destination], code: 1008, reason: "access token rotated"),
+                                  .notifyDestination(thingName: "gw2", accessToken: "token-10", services: ["VNC"])])
+    }
+
+    @Test func theNotificationPayloadIsTheServicesJSON() throws {
+        let payload = TunnelNotifier.payload(accessToken: "AQGA+/=", region: "eu-west-1", services: ["SSH", "HTTP"])
+        let parsed = try payload.withUnsafeBytes { (bytes) throws(TunnelNotificationError) in try TunnelNotification.parse(bytes) }
+        #expect(parsed == TunnelNotification(clientAccessToken: "AQGA+/=", clientMode: "destination", region: "eu-west-1",
+                                             services: ["SSH", "HTTP"]))
+        #expect(TunnelNotifier.topic(thing: "gw1") == "$aws/things/gw1/tunnels/notify")
+    }
+
     @Test func closeAndDelete() {
         let h = Harness()
         _ = h.ok("OpenTunnel")

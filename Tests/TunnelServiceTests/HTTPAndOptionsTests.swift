@@ -107,6 +107,20 @@ struct ServiceOptionsTests {
         #expect(o.requiredAccessKeyId == nil && o.verbosity == 4 && o.minuteMilliseconds == 60_000)
     }
 
+    @Test func mqttBroker() throws {
+        let o = try #require(options(["--mqtt-broker", "127.0.0.1:18883", "--mqtt-ca", "ca.pem", "--mqtt-cert", "c.pem", "--mqtt-key", "k.pem"]))
+        #expect(o.mqttBrokerHost == "127.0.0.1" && o.mqttBrokerPort == 18883)
+        #expect(o.mqttCAFile == "ca.pem" && o.mqttCertificateFile == "c.pem" && o.mqttKeyFile == "k.pem")
+        #expect(options(["--mqtt-broker", "[::1]:8883", "--mqtt-ca", "ca.pem"])?.mqttBrokerHost == "::1")
+        #expect(options([])?.mqttBrokerHost == nil)
+        #expect(refused(["--mqtt-broker", "broker", "--mqtt-ca", "ca.pem"]), "no port")
+        #expect(refused(["--mqtt-broker", "broker:0", "--mqtt-ca", "ca.pem"]))
+        #expect(refused(["--mqtt-broker", ":8883", "--mqtt-ca", "ca.pem"]))
+        #expect(refused(["--mqtt-broker", "broker:8883"]), "TLS needs the broker's CA")
+        #expect(refused(["--mqtt-broker", "broker:8883", "--mqtt-ca", "ca.pem", "--mqtt-cert", "c.pem"]), "cert without key")
+        #expect(refused(["--mqtt-ca", "ca.pem"]), "no broker")
+    }
+
     @Test func everyOption() {
         let o = options(["--state-dir", "/s", "--host", "::1", "--data-port", "8443", "--api-port=8080", "--cert", "c.pem",
                          "--key", "k.pem", "--ca", "ca.pem", "--region", "eu-west-1", "--framing", "split", "--seed", "42",
