@@ -32,6 +32,9 @@ APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-s
 # The packaging tests (Tests/Peers/test_packaging.py, docs/GATEWAY.md): shell and unit linters,
 # Debian's and BusyBox's start-stop-daemon, dpkg-deb and lintian for the .debs.
 APT_PACKAGES += shellcheck systemd busybox lintian dpkg-dev fakeroot
+# The MQTT agent's tests (Tests/Peers/mqtt_broker.py): mosquitto stands in for AWS IoT Core,
+# over mutual TLS with an ACL per device. The tests start their own brokers on free ports.
+APT_PACKAGES += mosquitto
 PEERS        := Tests/Peers
 
 # Embedded build of the device binary.

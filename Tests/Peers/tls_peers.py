@@ -158,6 +158,22 @@ class Pki:
             "/CN=localhost", md,
         ))
 
+    def client(self, name: str, kind: str, issuer: Issued, common_name: str) -> Issued:
+        """A client certificate (mutual TLS) whose subject is only `CN=common_name`.
+
+        An MQTT broker that takes the certificate's identity as the username (mosquitto's
+        use_identity_as_username, AWS IoT's thing certificates) reads that CN, so it is the
+        whole subject: nothing else in it could be mistaken for the identity.
+        """
+        return self._once(name, lambda: self._sign(
+            name, kind, issuer,
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=clientAuth\n"
+            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n",
+            f"/CN={common_name}", None,
+        ))
+
     def leaf_with_dates(self, name: str, kind: str, issuer: Issued, start: str, end: str) -> Issued:
         """A server certificate valid only from `start` to `end` (YYYYMMDDHHMMSSZ)."""
 
