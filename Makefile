@@ -7,6 +7,7 @@
 #   make cross     both ARM device binaries (make deps-cross installs the cross packages)
 #   make footprint armv7 static and fully static builds against their size budgets
 #   make demo      the whole tunnel on this machine: emulator, AWS CLI, both proxies, SSH
+#                  (MQTT=1: the device side in agent mode, its tokens from a local mosquitto)
 #   make bench     throughput harness: our builds (and BASELINE_LOCALPROXY=path) side by side
 #   make bench-tools  the harness's relay and cipher-ceiling tools (.build-bench/)
 #   make test-asan  Swift tests + peer tests with the host build under ASan (+UBSan on the C shims)
@@ -522,11 +523,13 @@ bench: deps bench-tools
 	  --bytes $(BENCH_BYTES) --directions $(BENCH_DIRECTIONS) --connections $(BENCH_CONNECTIONS) \
 	  --runs $(BENCH_RUNS) --pattern $(BENCH_PATTERN) $(BENCH_ARGS)
 
-# The main job: a whole tunnel on this machine (emulator, AWS CLI, both proxies, SSH).
+# The main job: a whole tunnel on this machine (emulator, AWS CLI, both proxies, SSH); with
+# MQTT=1 the device side takes its tokens from a local broker in agent mode (docs/AGENT.md).
+MQTT ?= 0
 demo: deps
 	$(SWIFT) build --product localproxy
 	$(SWIFT) build --product tunnel-service
-	scripts/demo.sh
+	MQTT=$(MQTT) scripts/demo.sh
 
 # Installation on a gateway (docs/GATEWAY.md): the binary, /etc/localproxy (settings, services.d;
 # the access token is the operator's to write), the systemd unit, the SysV init script and its

@@ -101,7 +101,7 @@ class BrokerPki:
     stranger: Identity
 
 
-def make_broker_pki(directory: Path) -> BrokerPki:
+def make_broker_pki(directory: Path, devices: tuple[str, ...] = DEVICES) -> BrokerPki:
     """Make the test CA, the broker's certificate and the clients' in `directory` (EC P-256)."""
     pki = Pki(directory)
     ca = pki.root("mqtt-ca", "p256")
@@ -114,7 +114,7 @@ def make_broker_pki(directory: Path) -> BrokerPki:
     other_ca = pki.root("mqtt-other-ca", "p256")
     return BrokerPki(
         ca=ca.cert, server_cert=server.cert, server_key=server.key,
-        devices={name: client(name, ca) for name in DEVICES},
+        devices={name: client(name, ca) for name in devices},
         publisher=client(PUBLISHER, ca),
         other_ca=other_ca.cert, stranger=client("gw1", other_ca),
     )
@@ -575,3 +575,42 @@ def mqtt_broker(mqtt_pki, tmp_path_factory):
     finally:
         code = broker.close()
     assert code in (None, 0), f"mosquitto exited {code}; its log:\n{broker.log()[-6000:]}"
+
+
+# --------------------------------------------------------------------------------------
+# As a program, for `make demo MQTT=1` (scripts/demo.sh)
+# --------------------------------------------------------------------------------------
+
+
+def serve(directory: Path, devices: tuple[str, ...]) -> None:
+    """Make the PKI and start the broker as the tests do; print what its clients need, one
+    `word value...` line each (`port`, `ca`, `device NAME CERT KEY`, `publisher CERT KEY`,
+    then `ready`), and run until SIGTERM or SIGINT."""
+    import signal
+    import sys
+
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = make_broker_pki(directory / "pki", devices)
+    broker = Mosquitto(pki, directory / "broker").start()
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    lines = [f"port {broker.port}", f"ca {pki.ca}"]
+    lines += [f"device {name} {identity.cert} {identity.key}" for name, identity in pki.devices.items()]
+    lines += [f"publisher {pki.publisher.cert} {pki.publisher.key}", "ready"]
+    print("\n".join(lines), flush=True)
+    while not stop.wait(0.5):
+        if not broker.alive:
+            sys.stderr.write(f"mosquitto stopped; its log:\n{broker.log()[-3000:]}\n")
+            sys.exit(1)
+    broker.close()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A mosquitto broker over mutual TLS, with one identity per device.")
+    parser.add_argument("directory", type=Path, help="where the certificates, configuration and state go")
+    parser.add_argument("--device", action="append", required=True, help="a thing name (repeat for several)")
+    arguments = parser.parse_args()
+    serve(arguments.directory, tuple(arguments.device))
