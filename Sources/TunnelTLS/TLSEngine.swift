@@ -411,6 +411,13 @@ public final class TLSEngine {
             receivedCloseNotify = true
             return (0, .done)
         }
+        if status == Int32(LP_ERR_SSL_FATAL_ALERT_MESSAGE) {
+            // A TLS 1.3 client finishes its handshake before the server has checked the
+            // client's certificate: a server that refuses it (AWS IoT Core, OpenSSL) says so
+            // in an alert that arrives with the first read.
+            let peer = configuration.role == .client ? "server" : "client"
+            throw TLSError(status, "reading TLS data (the " + peer + " ended the connection with " + alertReason(lp_ssl_received_alert(ssl)) + ")")
+        }
         throw TLSError(status, "reading TLS data")
     }
 
@@ -468,5 +475,11 @@ public final class TLSEngine {
     /// Queues a close_notify alert (sent with the rest of `ciphertextOut`).
     public func close() {
         _ = mbedtls_ssl_close_notify(ssl)
+    }
+
+    /// Queues a fatal alert with this description (RFC 8446 §6.2), as a server refusing a
+    /// client after the handshake does: for tests.
+    func sendFatalAlert(_ description: UInt8) {
+        _ = mbedtls_ssl_send_alert_message(ssl, UInt8(MBEDTLS_SSL_ALERT_LEVEL_FATAL), description)
     }
 }
