@@ -106,15 +106,15 @@ static inline int lp_pk_parse_keyfile(mbedtls_pk_context *pk, const char *path, 
 }
 
 /// Whether the private key `key` belongs to the public key of the certificate `crt` (0), or not
-/// (an mbedTLS error, MBEDTLS_ERR_PK_TYPE_MISMATCH or MBEDTLS_ERR_PK_BAD_INPUT_DATA). The
-/// certificate's key is a private member in 3.x, and 3.x wants the RNG for RSA blinding.
+/// (an mbedTLS error, MBEDTLS_ERR_PK_TYPE_MISMATCH or MBEDTLS_ERR_PK_BAD_INPUT_DATA). 3.x
+/// wants the RNG for RSA blinding.
 static inline int lp_x509_crt_check_key(const mbedtls_x509_crt *crt, const mbedtls_pk_context *key,
                                         mbedtls_ctr_drbg_context *drbg) {
 #if MBEDTLS_VERSION_NUMBER < 0x03000000
     (void)drbg;
     return mbedtls_pk_check_pair(&crt->pk, key);
 #else
-    return mbedtls_pk_check_pair(&crt->MBEDTLS_PRIVATE(pk), key, mbedtls_ctr_drbg_random, drbg);
+    return mbedtls_pk_check_pair(&crt->pk, key, mbedtls_ctr_drbg_random, drbg);
 #endif
 }
 

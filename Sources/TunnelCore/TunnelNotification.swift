@@ -64,7 +64,7 @@ public struct TunnelNotification: Equatable, Sendable, CustomStringConvertible {
         var list = ""
         for s in services { list += (list.isEmpty ? "" : ",") + s }
         return "clientMode " + clientMode + ", region " + region + ", services " + list
-            + ", access token of \(clientAccessToken.utf8.count) bytes"
+            + ", access token of " + String(clientAccessToken.utf8.count) + " bytes"
     }
 
     /// Parses the JSON payload of `$aws/things/THING/tunnels/notify`.
@@ -72,9 +72,8 @@ public struct TunnelNotification: Equatable, Sendable, CustomStringConvertible {
         guard payload.count <= maximumLength else { throw .tooLong(payload.count) }
         guard isValidUTF8(payload) else { throw .notUTF8 }
         var reader = NotificationReader(payload)
-        var token: [UInt8]?
-        var mode: [UInt8]?
-        var region: [UInt8]?
+        // The string values by NotificationField.rawValue (token, mode, region), then services.
+        var strings: [[UInt8]?] = [nil, nil, nil]
         var services: [[UInt8]]?
 
         reader.skipWhitespace()
@@ -97,19 +96,12 @@ public struct TunnelNotification: Equatable, Sendable, CustomStringConvertible {
                 reader.skipWhitespace()
                 if let field = NotificationField(key) {
                     reader.field = field
-                    switch field {
-                    case .clientAccessToken:
-                        guard token == nil else { throw .duplicateKey(field.name) }
-                        token = try reader.stringValue()
-                    case .clientMode:
-                        guard mode == nil else { throw .duplicateKey(field.name) }
-                        mode = try reader.stringValue()
-                    case .region:
-                        guard region == nil else { throw .duplicateKey(field.name) }
-                        region = try reader.stringValue()
-                    case .services:
+                    if field == .services {
                         guard services == nil else { throw .duplicateKey(field.name) }
                         services = try reader.serviceList()
+                    } else {
+                        guard strings[field.rawValue] == nil else { throw .duplicateKey(field.name) }
+                        strings[field.rawValue] = try reader.stringValue()
                     }
                     reader.field = nil
                 } else {
@@ -129,23 +121,24 @@ public struct TunnelNotification: Equatable, Sendable, CustomStringConvertible {
         reader.skipWhitespace()
         guard reader.atEnd else { throw .trailingBytes(offset: reader.at) }
 
-        guard let token else { throw .missingKey(NotificationField.clientAccessToken.name) }
-        guard let mode else { throw .missingKey(NotificationField.clientMode.name) }
-        guard let region else { throw .missingKey(NotificationField.region.name) }
+        for field in [NotificationField.clientAccessToken, .clientMode, .region] where strings[field.rawValue] == nil {
+            throw .missingKey(field.name)
+        }
         guard let services else { throw .missingKey(NotificationField.services.name) }
+        let token = strings[0]!, mode = strings[1]!, region = strings[2]!
 
         let tokenName = NotificationField.clientAccessToken.name
         guard !token.isEmpty else { throw .invalidValue(key: tokenName, problem: "is empty") }
         for b in token where b < 0x21 || b > 0x7E {
-            throw .invalidValue(key: tokenName, problem: "(\(token.count) bytes) holds a space, a control character or a non-ASCII character, which the access-token header cannot carry")
+            throw .invalidValue(key: tokenName, problem: "(" + String(token.count) + " bytes) holds a space, a control character or a non-ASCII character, which the access-token header cannot carry")
         }
         guard !mode.isEmpty, mode.count <= maximumClientModeLength else {
-            throw .invalidValue(key: NotificationField.clientMode.name, problem: "must be 1 to \(maximumClientModeLength) bytes, not \(mode.count)")
+            throw .invalidValue(key: NotificationField.clientMode.name, problem: "must be 1 to " + String(maximumClientModeLength) + " bytes, not " + String(mode.count))
         }
         for b in mode where !(isASCIILetterOrDigit(b) || b == 0x2D || b == 0x5F) {
             throw .invalidValue(key: NotificationField.clientMode.name, problem: "may only contain letters, digits, '-' and '_'")
         }
-        let regionText = String(decoding: region, as: UTF8.self)
+        let regionText = utf8Text(region)
         guard isValidRegionName(regionText) else {
             throw .invalidValue(key: NotificationField.region.name, problem: region.isEmpty
                 ? "is empty" : "'" + printableText(region) + "' is not a region name like us-east-1 (1 to 64 of a-z, 0-9 and '-')")
@@ -153,20 +146,20 @@ public struct TunnelNotification: Equatable, Sendable, CustomStringConvertible {
         var ids: [String] = []
         for id in services {
             guard !id.isEmpty, id.count <= TunnelMessage.maximumServiceIdLength else {
-                throw .invalidValue(key: NotificationField.services.name, problem: "has a service id of \(id.count) bytes; service ids are 1 to \(TunnelMessage.maximumServiceIdLength)")
+                throw .invalidValue(key: NotificationField.services.name, problem: "has a service id of " + String(id.count) + " bytes; service ids are 1 to " + String(TunnelMessage.maximumServiceIdLength))
             }
             for b in id where !isServiceIdByte(b) {
                 throw .invalidValue(key: NotificationField.services.name, problem: "has the service id '" + printableText(id) + "', but service ids may only contain letters, digits, '_', '-' and ':'")
             }
-            let text = String(decoding: id, as: UTF8.self)
+            let text = utf8Text(id)
             guard !ids.containsBytes(text) else {
                 throw .invalidValue(key: NotificationField.services.name, problem: "lists the service id '" + text + "' twice")
             }
             ids.append(text)
         }
-        guard !ids.isEmpty else { throw .invalidValue(key: NotificationField.services.name, problem: "is empty; a tunnel has 1 to \(maximumServices) services") }
-        return TunnelNotification(clientAccessToken: String(decoding: token, as: UTF8.self),
-                                  clientMode: String(decoding: mode, as: UTF8.self), region: regionText, services: ids)
+        guard !ids.isEmpty else { throw .invalidValue(key: NotificationField.services.name, problem: "is empty; a tunnel has 1 to " + String(maximumServices) + " services") }
+        return TunnelNotification(clientAccessToken: utf8Text(token), clientMode: utf8Text(mode), region: regionText,
+                                  services: ids)
     }
 }
 
@@ -197,18 +190,18 @@ public enum TunnelNotificationError: Error, Equatable, Sendable, CustomStringCon
     public var description: String {
         switch self {
         case .tooLong(let n):
-            return "the tunnel notification has \(n) bytes, more than the \(TunnelNotification.maximumLength) it may have"
+            return "the tunnel notification has " + String(n) + " bytes, more than the " + String(TunnelNotification.maximumLength) + " it may have"
         case .notUTF8:
             return "the tunnel notification is not valid UTF-8"
         case .malformed(let offset, let key, let problem):
             let place = key.map { " in the value of \"" + $0 + "\"" } ?? ""
-            return "the tunnel notification is not valid JSON at byte \(offset)" + place + ": " + problem
+            return "the tunnel notification is not valid JSON at byte " + String(offset) + place + ": " + problem
         case .tooDeep(let offset):
-            return "the tunnel notification nests arrays and objects more than \(TunnelNotification.maximumDepth) deep (at byte \(offset))"
+            return "the tunnel notification nests arrays and objects more than " + String(TunnelNotification.maximumDepth) + " deep (at byte " + String(offset) + ")"
         case .notAnObject(let found):
             return "the tunnel notification is " + found + ", not a JSON object"
         case .trailingBytes(let offset):
-            return "the tunnel notification has bytes after its JSON object, from byte \(offset)"
+            return "the tunnel notification has bytes after its JSON object, from byte " + String(offset)
         case .duplicateKey(let key):
             return "the tunnel notification has \"" + key + "\" twice"
         case .missingKey(let key):
@@ -238,6 +231,10 @@ public func isValidRegionName(_ region: String) -> Bool {
     return true
 }
 
+/// Text from bytes already known to be valid UTF-8 (one call site for the four values).
+@inline(never)
+private func utf8Text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+
 private func isASCIILetterOrDigit(_ b: UInt8) -> Bool {
     (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39)
 }
@@ -254,7 +251,7 @@ private func printableText(_ bytes: [UInt8]) -> String {
 // MARK: The JSON reader
 
 /// The keys the notification defines.
-enum NotificationField {
+enum NotificationField: Int {
     case clientAccessToken, clientMode, region, services
 
     init?(_ key: [UInt8]) {
@@ -354,7 +351,7 @@ struct NotificationReader {
             skipWhitespace()
             guard peek() == 0x22 else { throw wrongType("an array of strings", inArray: true) }
             guard list.count < TunnelNotification.maximumServices else {
-                throw .invalidValue(key: name, problem: "lists more than \(TunnelNotification.maximumServices) services; a tunnel has 1 to \(TunnelNotification.maximumServices)")
+                throw .invalidValue(key: name, problem: "lists more than " + String(TunnelNotification.maximumServices) + " services; a tunnel has 1 to " + String(TunnelNotification.maximumServices))
             }
             list.append(try string(keep: true))
             skipWhitespace()
@@ -382,7 +379,7 @@ struct NotificationReader {
             }
             if b < 0x20 {
                 // RFC 8259 §7: control characters must be escaped.
-                throw malformed("a string holds a raw control character (code \(b)); it must be escaped")
+                throw malformed("a string holds a raw control character (code " + String(b) + "); it must be escaped")
             }
             if b != 0x5C {
                 if keep { out.append(b) }

@@ -90,9 +90,9 @@ public final class TLSConfiguration {
         if let certificateFile, let keyFile {
             try c.useOwnCertificate(certificateFile, keyFile: keyFile)
         } else if let certificateFile {
-            throw TLSError(Int32(LP_ERR_SSL_BAD_INPUT_DATA), "the client certificate \(certificateFile) was given without its private key file")
+            throw TLSError(Int32(LP_ERR_SSL_BAD_INPUT_DATA), "the client certificate " + certificateFile + " was given without its private key file")
         } else if let keyFile {
-            throw TLSError(Int32(LP_ERR_SSL_BAD_INPUT_DATA), "the private key \(keyFile) was given without its client certificate file")
+            throw TLSError(Int32(LP_ERR_SSL_BAD_INPUT_DATA), "the private key " + keyFile + " was given without its client certificate file")
         }
         try c.offerALPN(alpn)
         return c
@@ -140,41 +140,45 @@ public final class TLSConfiguration {
 
     /// Loads this side's certificate chain and private key, checks that they belong together,
     /// and makes them the ones presented: by a server always, by a client when asked. Each
-    /// failure names the file and what is wrong with it.
+    /// failure names the file and what is wrong with it. (Texts joined with `+` and each path
+    /// made a C string once: both compile to less code than interpolation and `withCString`.)
     private func useOwnCertificate(_ certificateFile: String, keyFile: String) throws(TLSError) {
-        var status = withCString(certificateFile) { mbedtls_x509_crt_parse_file(ownCertificate, $0) }
+        let certificatePath = cString(certificateFile)
+        var status = mbedtls_x509_crt_parse_file(ownCertificate, certificatePath)
         if status == Int32(LP_ERR_PK_FILE_IO_ERROR) || status == Int32(LP_ERR_X509_FILE_IO_ERROR) {
-            throw TLSError(status, "cannot read the certificate file \(certificateFile) (missing, or not readable by this user)")
+            throw TLSError(status, "cannot read the certificate file " + certificateFile + " (missing, or not readable by this user)")
         }
         if status < 0 {
-            throw TLSError(status, "the certificate file \(certificateFile) holds no certificate this build can read (it must be PEM, '-----BEGIN CERTIFICATE-----', or DER)")
+            throw TLSError(status, "the certificate file " + certificateFile + " holds no certificate this build can read (it must be PEM, '-----BEGIN CERTIFICATE-----', or DER)")
         }
         // Positive: that many certificates of the chain could not be parsed; the chain would
         // be sent incomplete.
-        if status > 0 { throw TLSError(status, "loading the certificate chain \(certificateFile)") }
+        if status > 0 { throw TLSError(status, "loading the certificate chain " + certificateFile) }
 
-        status = withCString(keyFile) { lp_pk_parse_keyfile(ownKey, $0, random.drbg) }
+        let keyPath = cString(keyFile)
+        status = lp_pk_parse_keyfile(ownKey, keyPath, random.drbg)
         if status != 0 {
+            let problem: String
             if status == Int32(LP_ERR_PK_FILE_IO_ERROR) {
-                throw TLSError(status, "cannot read the private key file \(keyFile) (missing, or not readable by this user)")
+                throw TLSError(status, "cannot read the private key file " + keyFile + " (missing, or not readable by this user)")
+            } else if status == Int32(LP_ERR_PK_PASSWORD_REQUIRED) || status == Int32(LP_ERR_PK_PASSWORD_MISMATCH)
+                || lp_file_says_encrypted(keyPath) != 0 {
+                // The minimal 3.6 build has no PKCS#5, so it sees an encrypted PKCS#8 key as an
+                // invalid one: the file itself tells.
+                problem = " is encrypted with a passphrase, which is not supported: store it unencrypted (e.g. openssl pkey -in KEY -out PLAIN), readable only by the proxy's user"
+            } else if status == Int32(LP_ERR_PK_UNKNOWN_PK_ALG) || status == Int32(LP_ERR_PK_FEATURE_UNAVAILABLE) {
+                problem = " is of a type or curve this build does not support (RSA, or ECDSA on P-256 or P-384)"
+            } else {
+                throw TLSError(status, "the file " + keyFile + " holds no private key this build can read (it must be an unencrypted PEM or DER key: PKCS#8, or PKCS#1 RSA, or SEC1 EC)")
             }
-            // The minimal 3.6 build has no PKCS#5, so it sees an encrypted PKCS#8 key as an
-            // invalid one: the file itself tells.
-            if status == Int32(LP_ERR_PK_PASSWORD_REQUIRED) || status == Int32(LP_ERR_PK_PASSWORD_MISMATCH)
-                || withCString(keyFile, { lp_file_says_encrypted($0) }) != 0 {
-                throw TLSError(status, "the private key \(keyFile) is encrypted with a passphrase, which is not supported: store it unencrypted (e.g. openssl pkey -in KEY -out PLAIN), readable only by the proxy's user")
-            }
-            if status == Int32(LP_ERR_PK_UNKNOWN_PK_ALG) || status == Int32(LP_ERR_PK_FEATURE_UNAVAILABLE) {
-                throw TLSError(status, "the private key \(keyFile) is of a type or curve this build does not support (RSA, or ECDSA on P-256 or P-384)")
-            }
-            throw TLSError(status, "the file \(keyFile) holds no private key this build can read (it must be an unencrypted PEM or DER key: PKCS#8, or PKCS#1 RSA, or SEC1 EC)")
+            throw TLSError(status, "the private key " + keyFile + problem)
         }
         status = lp_x509_crt_check_key(ownCertificate, ownKey, random.drbg)
         if status != 0 {
-            throw TLSError(status, "the private key \(keyFile) does not match the certificate \(certificateFile) (it is not the key of the certificate's public key)")
+            throw TLSError(status, "the private key " + keyFile + " does not match the certificate " + certificateFile + " (it is not the key of the certificate's public key)")
         }
         status = mbedtls_ssl_conf_own_cert(config, ownCertificate, ownKey)
-        if status != 0 { throw TLSError(status, "using the certificate \(certificateFile) with the key \(keyFile)") }
+        if status != 0 { throw TLSError(status, "using the certificate " + certificateFile + " with the key " + keyFile) }
         hasOwnCertificate = true
     }
 
@@ -182,22 +186,14 @@ public final class TLSConfiguration {
     /// without NUL (RFC 7301 §3.1), copied into memory this configuration owns.
     private func offerALPN(_ names: [String]) throws(TLSError) {
         guard !names.isEmpty else { return }
-        for name in names {
-            let n = name.utf8.count
-            guard n >= 1 && n <= 255 && !name.containsByte(0) else {
-                throw TLSError(Int32(LP_ERR_SSL_BAD_INPUT_DATA), "the ALPN protocol name '\(name)' must be 1 to 255 bytes without NUL")
-            }
+        for name in names where name.isEmpty || name.utf8.count > 255 || name.containsByte(0) {
+            throw TLSError(Int32(LP_ERR_SSL_BAD_INPUT_DATA), "the ALPN protocol name '" + name + "' must be 1 to 255 bytes without NUL")
         }
         let list = UnsafeMutablePointer<UnsafePointer<CChar>?>.allocate(capacity: names.count + 1)
         for (i, name) in names.enumerated() {
-            let bytes = name.utf8.count
-            let copy = UnsafeMutablePointer<CChar>.allocate(capacity: bytes + 1)
-            var k = 0
-            for b in name.utf8 {
-                copy[k] = CChar(bitPattern: b)
-                k += 1
-            }
-            copy[bytes] = 0
+            let bytes = cString(name)
+            let copy = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count)
+            copy.initialize(from: bytes, count: bytes.count)
             list[i] = UnsafePointer(copy)
         }
         list[names.count] = nil
@@ -304,14 +300,14 @@ public final class TLSEngine {
         if isWant(status) { return .wantIO }
         let peer = configuration.role == .client ? "server" : "client"
         if status == Int32(LP_ERR_X509_CERT_VERIFY_FAILED) {
-            throw TLSError(status, "verifying the \(peer)'s certificate", verification: verificationProblems(),
+            throw TLSError(status, "verifying the " + peer + "'s certificate", verification: verificationProblems(),
                            verificationFlags: mbedtls_ssl_get_verify_result(ssl))
         }
         switch status {
         case Int32(LP_ERR_SSL_FATAL_ALERT_MESSAGE):
-            throw TLSError(status, "TLS handshake (the \(peer) ended it with " + alertReason(lp_ssl_received_alert(ssl)) + ")")
+            throw TLSError(status, "TLS handshake (the " + peer + " ended it with " + alertReason(lp_ssl_received_alert(ssl)) + ")")
         case Int32(LP_ERR_SSL_BAD_PROTOCOL_VERSION):
-            throw TLSError(status, "TLS handshake (the \(peer) does not speak TLS 1.2 or newer)")
+            throw TLSError(status, "TLS handshake (the " + peer + " does not speak TLS 1.2 or newer)")
         case Int32(LP_ERR_SSL_NO_CLIENT_CERTIFICATE):
             // mbedTLS's TLS 1.2 server ends the handshake here without telling the client (its
             // TLS 1.3 server sends certificate_required itself): say it with handshake_failure,
@@ -325,44 +321,47 @@ public final class TLSEngine {
     }
 
     /// What the peer's fatal alert (RFC 8446 §6.2) most likely means, for the handshake error.
+    /// Texts are joined with `+`, which compiles to less code than interpolation.
     private func alertReason(_ alert: Int32) -> String {
         let asClient = configuration.role == .client
         let hasCertificate = configuration.hasOwnCertificate
-        let mismatch = "most often it shares no TLS version, cipher suite or key-exchange group with this build, which offers \(offeredVersions) with ECDHE and AES-GCM or ChaCha20-Poly1305"
+        let wanted = "the server wanted a client certificate, and none was configured"
+        let mismatch = "most often it shares no TLS version, cipher suite or key-exchange group with this build, which offers "
+            + offeredVersions + " with ECDHE and AES-GCM or ChaCha20-Poly1305"
         switch alert {
         case 116:
             // certificate_required: TLS 1.3's own word for it.
-            return asClient && !hasCertificate
-                ? "a certificate_required alert: the server wanted a client certificate, and none was configured (give the device certificate and its private key)"
-                : "a certificate_required alert: the peer wanted a certificate"
+            return "a certificate_required alert: " + (asClient && !hasCertificate
+                ? wanted + " (give the device certificate and its private key)" : "the peer wanted a certificate")
         case 40:
             // handshake_failure: also what TLS 1.2 servers send when a required client
             // certificate is missing.
-            var text = "a handshake_failure alert: " + mismatch
-            if asClient && !hasCertificate {
-                text += "; or the server wanted a client certificate, and none was configured"
-            }
-            return text
+            return "a handshake_failure alert: " + mismatch + (asClient && !hasCertificate ? "; or " + wanted : "")
         case 42, 43, 44, 45, 46, 48, 49:
-            // bad_certificate, unsupported_certificate, certificate_revoked, certificate_expired,
-            // certificate_unknown, unknown_ca, access_denied.
-            let name = alert == 42 ? "a bad_certificate" : alert == 43 ? "an unsupported_certificate"
-                : alert == 44 ? "a certificate_revoked" : alert == 45 ? "a certificate_expired"
-                : alert == 46 ? "a certificate_unknown" : alert == 48 ? "an unknown_ca" : "an access_denied"
-            if asClient && hasCertificate {
-                return name + " alert: the server refused this client's certificate (is it registered and active, and does the server trust its issuer?)"
-            }
-            return name + " alert: the peer refused a certificate or this connection"
+            return alertName(alert) + " alert: " + (asClient && hasCertificate
+                ? "the server refused this client's certificate (is it registered and active, and does the server trust its issuer?)"
+                : "the peer refused a certificate or this connection")
         case 120:
             var offered = ""
             for name in configuration.alpnProtocols { offered += (offered.isEmpty ? "" : ", ") + name }
-            return "a no_application_protocol alert: it accepts none of the ALPN protocols offered (\(offered))"
-        case 70:
-            return "a protocol_version alert: it shares no TLS version with this build, which offers \(offeredVersions)"
+            return "a no_application_protocol alert: it accepts none of the ALPN protocols offered (" + offered + ")"
         case -1:
             return "an alert: " + mismatch
         default:
             return "alert \(alert): " + mismatch
+        }
+    }
+
+    /// The alerts that refuse a certificate or the peer behind it, by name with their article.
+    private func alertName(_ alert: Int32) -> String {
+        switch alert {
+        case 42: return "a bad_certificate"
+        case 43: return "an unsupported_certificate"
+        case 44: return "a certificate_revoked"
+        case 45: return "a certificate_expired"
+        case 46: return "a certificate_unknown"
+        case 48: return "an unknown_ca"
+        default: return "an access_denied"
         }
     }
 
@@ -411,6 +410,13 @@ public final class TLSEngine {
         if status == Int32(LP_ERR_SSL_PEER_CLOSE_NOTIFY) || status == 0 {
             receivedCloseNotify = true
             return (0, .done)
+        }
+        if status == Int32(LP_ERR_SSL_FATAL_ALERT_MESSAGE) {
+            // A TLS 1.3 client finishes its handshake before the server has checked the
+            // client's certificate: a server that refuses it (AWS IoT Core, OpenSSL) says so
+            // in an alert that arrives with the first read.
+            let peer = configuration.role == .client ? "server" : "client"
+            throw TLSError(status, "reading TLS data (the " + peer + " ended the connection with " + alertReason(lp_ssl_received_alert(ssl)) + ")")
         }
         throw TLSError(status, "reading TLS data")
     }
@@ -469,5 +475,11 @@ public final class TLSEngine {
     /// Queues a close_notify alert (sent with the rest of `ciphertextOut`).
     public func close() {
         _ = mbedtls_ssl_close_notify(ssl)
+    }
+
+    /// Queues a fatal alert with this description (RFC 8446 §6.2), as a server refusing a
+    /// client after the handshake does: for tests.
+    func sendFatalAlert(_ description: UInt8) {
+        _ = mbedtls_ssl_send_alert_message(ssl, UInt8(MBEDTLS_SSL_ALERT_LEVEL_FATAL), description)
     }
 }

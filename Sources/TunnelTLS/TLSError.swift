@@ -50,10 +50,16 @@ func hex(_ value: UInt32) -> String {
     return String(decoding: out.reversed(), as: UTF8.self)
 }
 
+/// The NUL-terminated bytes of `s`, for C functions that take a path (an array passes as a
+/// pointer to its elements for the duration of the call).
+func cString(_ s: String) -> [CChar] {
+    var bytes = Array(s.utf8).map { CChar(bitPattern: $0) }
+    bytes.append(0)
+    return bytes
+}
+
 /// A C string for the duration of `body` (Embedded Swift has no implicit String-to-pointer
 /// bridging for every call shape, so this is done by hand).
 func withCString<R>(_ s: String, _ body: (UnsafePointer<CChar>) -> R) -> R {
-    var bytes = Array(s.utf8).map { CChar(bitPattern: $0) }
-    bytes.append(0)
-    return bytes.withUnsafeBufferPointer { body($0.baseAddress!) }
+    cString(s).withUnsafeBufferPointer { body($0.baseAddress!) }
 }

@@ -114,6 +114,27 @@ final class MutualTLSTests {
         #expect(error.description.contains("or the server wanted a client certificate, and none was configured"), "\(error)")
     }
 
+    /// A TLS 1.3 client finishes its handshake before the server checks its certificate, so a
+    /// refusal arrives as an alert on the first read (seen with the static build's mbedTLS 3.6
+    /// against openssl s_server: certificate_required without a certificate, unknown_ca with
+    /// one from another CA). Here our TLS 1.2 server sends the same alerts after the handshake.
+    @Test func refusalAfterTheHandshakeIsExplainedOnRead() throws {
+        for (certificate, key, alert, text) in [
+            (nil, nil, UInt8(116), "the server wanted a client certificate, and none was configured"),
+            (certs.clientCertificate, certs.clientKey, UInt8(48), "an unknown_ca alert: the server refused this client's certificate"),
+        ] {
+            let c = try client(certificate: certificate, key: key)
+            let s = try server()
+            try handshake(c, s)
+            s.sendFatalAlert(alert)
+            pump(c, s)
+            var scratch = [UInt8](repeating: 0, count: 64)
+            let error = try #require(throws: TLSError.self) { _ = try scratch.withUnsafeMutableBytes { try c.read(into: $0) } }
+            #expect(error.description.hasPrefix("reading TLS data (the server ended the connection with "), "\(error)")
+            #expect(error.description.contains(text), "\(error)")
+        }
+    }
+
     @Test func clientCertificateFromAnotherCAIsRefused() throws {
         let c = try client(certificate: certs.otherClientCertificate, key: certs.otherClientKey)
         let s = try server(requiring: [certs.caCertificate])
