@@ -550,7 +550,7 @@ public struct MQTTPacketDecoder {
         /// Reading the first byte (`filled` 0) or the remaining length (`filled` 1 to 4).
         case fixedHeader(type: MQTTPacketType, flags: UInt8, filled: Int, length: Int)
         /// Gathering a body of `length` bytes that did not arrive in one piece.
-        case body(type: MQTTPacketType, flags: UInt8, headerLength: Int, length: Int)
+        case body(type: MQTTPacketType, flags: UInt8, length: Int)
         case failed(MQTTError)
     }
 
@@ -562,15 +562,10 @@ public struct MQTTPacketDecoder {
         self.maximumPacketLength = maximumPacketLength
     }
 
-    /// Bytes of an incomplete packet held from earlier inputs (fixed header included); never
-    /// more than `maximumPacketLength`.
-    public var bufferedByteCount: Int {
-        switch state {
-        case .fixedHeader(_, _, let filled, _): return filled
-        case .body(_, _, let headerLength, _): return headerLength + gathered.count
-        case .failed: return 0
-        }
-    }
+    /// Bytes of an incomplete packet's body copied from earlier inputs: at most
+    /// `maximumPacketLength` less the packet's fixed header. The fixed header itself (at most
+    /// 5 bytes) is read into the decoder's state as it arrives, never buffered.
+    public var bufferedByteCount: Int { gathered.count }
 
     /// Whether an error was found; the decoder then only throws it again.
     public var isFailed: Bool {
@@ -619,9 +614,9 @@ public struct MQTTPacketDecoder {
                     return try decodeBody(type, flags, body)
                 }
                 gathered.reserveCapacity(length)
-                state = .body(type: type, flags: flags, headerLength: headerLength, length: length)
+                state = .body(type: type, flags: flags, length: length)
 
-            case .body(let type, let flags, _, let length):
+            case .body(let type, let flags, let length):
                 guard !input.isEmpty else { return nil }
                 let n = min(length - gathered.count, input.count)
                 gathered.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[0..<n]))

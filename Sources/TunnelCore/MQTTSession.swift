@@ -138,6 +138,22 @@ public enum MQTTClientFailure: Error, Equatable, CustomStringConvertible {
     /// invalid.
     case invalidRequest(String)
 
+    /// Compares texts by their bytes: the owner may well compare failures (`failure == .closed`),
+    /// and `String ==` would bring the Unicode tables into the device binary (ByteText.swift).
+    public static func == (a: MQTTClientFailure, b: MQTTClientFailure) -> Bool {
+        switch (a, b) {
+        case (.refused(let x), .refused(let y)): return x == y
+        case (.subscriptionRefused(let x), .subscriptionRefused(let y)),
+             (.protocolViolation(let x), .protocolViolation(let y)),
+             (.timeout(let x), .timeout(let y)),
+             (.queueFull(let x), .queueFull(let y)),
+             (.invalidRequest(let x), .invalidRequest(let y)):
+            return x.bytesEqual(y)
+        case (.closed, .closed): return true
+        default: return false
+        }
+    }
+
     public var description: String {
         switch self {
         case .refused(let code):
@@ -352,9 +368,8 @@ public final class MQTTClientSession {
         if deferredFailure != nil { return now }
         guard state == .connecting || state == .subscribing || state == .ready else { return nil }
         var next = handshakeDeadline
-        for candidate in [pingDeadline, pingDue] {
-            if let c = candidate, next == nil || c < next! { next = c }
-        }
+        if let p = pingDeadline { next = min(next ?? p, p) }
+        if let p = pingDue { next = min(next ?? p, p) }
         return next
     }
 
