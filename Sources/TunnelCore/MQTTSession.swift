@@ -26,7 +26,7 @@
 /// | disconnecting | finished                     | the owner writes what is left and closes (`connectionClosed`) |
 /// | finished      | —                            | every later `receive` throws `.closed`                  |
 ///
-/// What the broker may send, and when (MQTT 3.1.1 §3.2.0: the first packet from the server is a
+/// What the broker may send, and when (MQTT 3.1.1 §3.2: the first packet from the server is a
 /// CONNACK; the others are answers to what we asked or messages for our subscriptions):
 /// - CONNACK: only in `connecting`. A second one is a protocol violation.
 /// - SUBACK: only in `subscribing`, with the packet id of our SUBSCRIBE and one return code per
@@ -290,6 +290,20 @@ public final class MQTTClientSession {
             guard let packet else { return }
             try handle(packet, &events)
         }
+    }
+
+    /// `receive` for bytes held in an array (the emulator, tests). A typed-throws closure cannot
+    /// go through `Array.withUnsafeBytes`, which only rethrows, so this carries the failure out.
+    public func receive(_ bytes: [UInt8], now: UInt64, events: inout [MQTTClientEvent]) throws(MQTTClientFailure) {
+        var failure: MQTTClientFailure? = nil
+        bytes.withUnsafeBytes { raw in
+            do throws(MQTTClientFailure) {
+                try receive(raw, now: now, events: &events)
+            } catch {
+                failure = error
+            }
+        }
+        if let failure { throw failure }
     }
 
     /// Queues a PUBLISH. QoS 1 returns its packet id, kept (with the bytes) until its PUBACK;
