@@ -58,6 +58,7 @@ SERVICE = ["TunnelCore", "TunnelTLS", "TunnelIO", "TunnelService"]
 # Each target: Fuzz/Targets/NAME.swift and the modules it links.
 TARGETS = {
     "websocket-frame": CORE,
+    "mqtt-packet": CORE,
     "tunnel-message": CORE,
     "upgrade-response": CORE,
     "web-proxy": CORE,

@@ -145,6 +145,63 @@ def tunnel_seeds():
     seed(t, "varint-too-long", framed(key(1, 0) + b"\xff" * 10 + b"\x01"))
 
 
+# --- MQTT 3.1.1 packets from a broker (Sources/TunnelCore/MQTTPacket.swift) --------------------
+
+
+def mqtt_length(n):
+    """The remaining length in MQTT's variable-length form (§2.2.3), shortest form."""
+    out = b""
+    while True:
+        digit, n = n & 0x7F, n >> 7
+        out += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def mqtt_text(s):
+    data = s.encode() if isinstance(s, str) else s
+    return struct.pack(">H", len(data)) + data
+
+
+def mqtt_packet(first, body=b""):
+    return bytes([first]) + mqtt_length(len(body)) + body
+
+
+NOTIFY_TOPIC = "$aws/things/gw1/tunnels/notify"
+NOTIFICATION = ('{"clientAccessToken":"AQGAAXiToken","clientMode":"destination","region":"us-east-1",'
+                '"services":["SSH"]}')
+
+
+def mqtt_seeds():
+    t = "mqtt-packet"
+    connack = mqtt_packet(0x20, b"\x00\x00")
+    suback = mqtt_packet(0x90, b"\x00\x01\x01")
+    notify_qos1 = mqtt_packet(0x32, mqtt_text(NOTIFY_TOPIC) + b"\x00\x0a" + NOTIFICATION.encode())
+    seed(t, "session", connack + suback + notify_qos1 + mqtt_packet(0xD0))
+    seed(t, "session-dup", connack + suback + mqtt_packet(0x3A, mqtt_text(NOTIFY_TOPIC) + b"\x00\x0a{}") + notify_qos1)
+    seed(t, "session-present", mqtt_packet(0x20, b"\x01\x00") + mqtt_packet(0x32, mqtt_text(NOTIFY_TOPIC) + b"\x00\x01{}") + suback)
+    seed(t, "refused", mqtt_packet(0x20, b"\x00\x05"))
+    seed(t, "subscription-refused", connack + mqtt_packet(0x90, b"\x00\x01\x80"))
+    seed(t, "qos0-retained", connack + suback + mqtt_packet(0x31, mqtt_text("a/b") + b"hi"))
+    seed(t, "puback-unsuback", connack + suback + mqtt_packet(0x40, b"\x00\x02") + mqtt_packet(0xB0, b"\x00\x02"))
+    seed(t, "connect", mqtt_packet(0x10, mqtt_text("MQTT") + b"\x04\x02\x00\x3c" + mqtt_text("gw1")))
+    seed(t, "connect-credentials", mqtt_packet(0x10, mqtt_text("MQTT") + b"\x04\xc0\x00\x00" + mqtt_text("dev")
+                                               + mqtt_text("user") + mqtt_text(b"pw")))
+    seed(t, "subscribe-unsubscribe", mqtt_packet(0x82, b"\x00\x01" + mqtt_text(NOTIFY_TOPIC) + b"\x01" + mqtt_text("a/#") + b"\x00")
+         + mqtt_packet(0xA2, b"\x00\x02" + mqtt_text("+/b")))
+    seed(t, "ping-disconnect", mqtt_packet(0xC0) + mqtt_packet(0xD0) + mqtt_packet(0xE0))
+    seed(t, "length-128", connack + mqtt_packet(0x30, mqtt_text("t") + bytes(125)))
+    seed(t, "length-16384", mqtt_packet(0x30, mqtt_text("t") + bytes(range(256)) * 63 + bytes(16381 - 256 * 63)))
+    seed(t, "length-five-bytes", b"\x30\xff\xff\xff\xff\x01")
+    seed(t, "length-non-minimal", b"\xd0\x80\x00")
+    seed(t, "length-largest", b"\x30\xff\xff\xff\x7f")
+    seed(t, "pubrel", connack + mqtt_packet(0x62, b"\x00\x01"))
+    seed(t, "publish-qos2", mqtt_packet(0x34, mqtt_text("t") + b"\x00\x01"))
+    seed(t, "topic-wildcard", mqtt_packet(0x30, mqtt_text("a/+")))
+    seed(t, "topic-bad-utf8", mqtt_packet(0x30, mqtt_text(b"\xed\xa0\x80")))
+    seed(t, "trailing", mqtt_packet(0x10, mqtt_text("MQTT") + b"\x04\x02\x00\x3c" + mqtt_text("gw1") + b"\xff"))
+
+
 # --- The upgrade response the proxy reads (PROTOCOL.md §3) --------------------------------------
 
 # Sec-WebSocket-Accept for the key base64("the sample nonce") (RFC 6455 §1.3), which
@@ -369,6 +426,7 @@ def main(argv):
     if len(argv) != 1:
         sys.exit(__doc__)
     websocket_seeds()
+    mqtt_seeds()
     tunnel_seeds()
     upgrade_response_seeds()
     web_proxy_seeds()

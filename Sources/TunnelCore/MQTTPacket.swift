@@ -165,65 +165,65 @@ public enum MQTTError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .reservedPacketType(let type):
-            return "MQTT packet type \(type) is reserved (first byte 0x\(hexDigits(UInt64(type) << 4))...): the peer does not speak MQTT 3.1.1, or the stream is out of step"
+            return "MQTT packet type " + decimal(Int(type)) + " is reserved (first byte 0x" + hexDigits(UInt64(type) << 4) + "...): the peer does not speak MQTT 3.1.1, or the stream is out of step"
         case .invalidFlags(let type, let flags, let required):
-            return "MQTT \(type) has flags 0x\(hexDigits(UInt64(flags))) in its first byte where MQTT 3.1.1 requires 0x\(hexDigits(UInt64(required))) (the first byte must be 0x\(hexDigits(UInt64(type.rawValue << 4 | required))))"
+            return "MQTT " + type.description + " has flags 0x" + hexDigits(UInt64(flags)) + " in its first byte where MQTT 3.1.1 requires 0x" + hexDigits(UInt64(required)) + " (the first byte must be 0x" + hexDigits(UInt64(type.rawValue << 4 | required)) + ")"
         case .qos2NotSupported(let what):
-            return "\(what): QoS 2 is not supported by this client, which subscribes and publishes at QoS 0 or 1 only"
+            return what + ": QoS 2 is not supported by this client, which subscribes and publishes at QoS 0 or 1 only"
         case .invalidQoS(let qos):
-            return "MQTT QoS \(qos) does not exist (QoS is 0, 1 or 2; this client uses 0 and 1)"
+            return "MQTT QoS " + decimal(Int(qos)) + " does not exist (QoS is 0, 1 or 2; this client uses 0 and 1)"
         case .remainingLengthTooLong:
             return "MQTT remaining length runs past 4 bytes (the 4th byte has its continuation bit set): the stream is corrupt or not MQTT"
         case .nonMinimalRemainingLength(let value, let n):
-            return "MQTT remaining length \(value) is written in \(n) bytes, more than it needs: refused, as a well-formed peer always writes the shortest form"
+            return "MQTT remaining length " + decimal(value) + " is written in " + decimal(n) + " bytes, more than it needs: refused, as a well-formed peer always writes the shortest form"
         case .remainingLengthOutOfRange(let value):
-            return "MQTT packet would have a remaining length of \(value) bytes, more than the 268435455 the protocol can express"
+            return "MQTT packet would have a remaining length of " + decimal(value) + " bytes, more than the 268435455 the protocol can express"
         case .packetTooLarge(let length, let limit):
-            return "MQTT packet of \(length) bytes exceeds this client's limit of \(limit) bytes (maximumPacketLength); a larger message cannot be received"
+            return "MQTT packet of " + decimal(length) + " bytes exceeds this client's limit of " + decimal(limit) + " bytes (maximumPacketLength); a larger message cannot be received"
         case .wrongRemainingLength(let type, let length, let required):
-            return "MQTT \(type) has a remaining length of \(length) bytes; it must be \(required)"
+            return "MQTT " + type.description + " has a remaining length of " + decimal(length) + " bytes; it must be " + decimal(required)
         case .truncated(let type, let field):
-            return "MQTT \(type) ends inside its \(field): the packet's fields do not fit its remaining length"
+            return "MQTT " + type.description + " ends inside its " + field + ": the packet's fields do not fit its remaining length"
         case .trailingBytes(let type, let count):
-            return "MQTT \(type) has \(count) bytes after its last field: the fields must fill the remaining length exactly"
+            return "MQTT " + type.description + " has " + decimal(count) + " bytes after its last field: the fields must fill the remaining length exactly"
         case .fieldTooLong(let field, let length):
-            return "MQTT \(field) of \(length) bytes is longer than the 65535 bytes a field can hold"
+            return "MQTT " + field + " of " + decimal(length) + " bytes is longer than the 65535 bytes a field can hold"
         case .invalidUTF8(let field):
-            return "MQTT \(field) is not valid UTF-8"
+            return "MQTT " + field + " is not valid UTF-8"
         case .nullCharacter(let field):
-            return "MQTT \(field) contains the character U+0000, which MQTT forbids in text"
+            return "MQTT " + field + " contains the character U+0000, which MQTT forbids in text"
         case .emptyTopicName:
             return "MQTT PUBLISH has an empty topic name; a topic name has at least one character"
         case .wildcardInTopicName(let topic):
-            return "MQTT PUBLISH topic name \"\(printable(topic))\" contains a wildcard ('+' or '#'), which only subscriptions may use"
+            return "MQTT PUBLISH topic name \"" + printable(topic) + "\" contains a wildcard ('+' or '#'), which only subscriptions may use"
         case .invalidTopicFilter(let filter, let reason):
-            return "MQTT topic filter \"\(printable(filter))\" is invalid: \(reason)"
+            return "MQTT topic filter \"" + printable(filter) + "\" is invalid: " + reason
         case .zeroPacketId(let type):
-            return "MQTT \(type) has packet identifier 0; packet identifiers run from 1 to 65535"
+            return "MQTT " + type.description + " has packet identifier 0; packet identifiers run from 1 to 65535"
         case .packetIdDoesNotMatchQoS(let qos, let has):
-            return has ? "MQTT PUBLISH at QoS \(qos) cannot carry a packet identifier (only QoS 1 and 2 do)"
-                : "MQTT PUBLISH at QoS \(qos) needs a packet identifier"
+            return has ? ("MQTT PUBLISH at QoS " + decimal(Int(qos)) + " cannot carry a packet identifier (only QoS 1 and 2 do)")
+                : ("MQTT PUBLISH at QoS " + decimal(Int(qos)) + " needs a packet identifier")
         case .duplicateFlagWithQoS0:
             return "MQTT PUBLISH at QoS 0 has the DUP flag set; MQTT 3.1.1 requires it clear at QoS 0"
         case .emptyList(let type):
             return type == .suback ? "MQTT SUBACK has no return code; it needs one per topic filter subscribed"
-                : "MQTT \(type) has no topic filter; it needs at least one"
+                : ("MQTT " + type.description + " has no topic filter; it needs at least one")
         case .unsupportedProtocol(let name, let level):
-            return "MQTT CONNECT for protocol \"\(printable(name))\" level \(level); only MQTT 3.1.1 (\"MQTT\" level 4) is supported"
+            return "MQTT CONNECT for protocol \"" + printable(name) + "\" level " + decimal(Int(level)) + "; only MQTT 3.1.1 (\"MQTT\" level 4) is supported"
         case .invalidConnectFlags(let flags, let reason):
-            return "MQTT CONNECT flags 0x\(hexDigits(UInt64(flags))) are invalid: \(reason)"
+            return "MQTT CONNECT flags 0x" + hexDigits(UInt64(flags)) + " are invalid: " + reason
         case .emptyClientIdWithoutCleanSession:
             return "MQTT CONNECT has an empty client identifier without clean session; give a client id, or set clean session"
         case .invalidConnackFlags(let flags):
-            return "MQTT CONNACK acknowledge flags 0x\(hexDigits(UInt64(flags))) have reserved bits set (only bit 0, session present, may be)"
+            return "MQTT CONNACK acknowledge flags 0x" + hexDigits(UInt64(flags)) + " have reserved bits set (only bit 0, session present, may be)"
         case .invalidConnackReturnCode(let code):
-            return "MQTT CONNACK return code \(code) is not defined by MQTT 3.1.1 (0 to 5)"
+            return "MQTT CONNACK return code " + decimal(Int(code)) + " is not defined by MQTT 3.1.1 (0 to 5)"
         case .sessionPresentWithRefusal(let code):
-            return "MQTT CONNACK refuses the connection (return code \(code): \(MQTTPacket.connackReason(code))) but has session present set, which MQTT 3.1.1 forbids"
+            return "MQTT CONNACK refuses the connection (return code " + decimal(Int(code)) + ": " + MQTTPacket.connackReason(code) + ") but has session present set, which MQTT 3.1.1 forbids"
         case .invalidSubackReturnCode(let code):
-            return "MQTT SUBACK return code 0x\(hexDigits(UInt64(code))) is not defined (0x00, 0x01, 0x02 or 0x80)"
+            return "MQTT SUBACK return code 0x" + hexDigits(UInt64(code)) + " is not defined (0x00, 0x01, 0x02 or 0x80)"
         case .invalidSubscriptionOptions(let byte):
-            return "MQTT SUBSCRIBE requested-QoS byte 0x\(hexDigits(UInt64(byte))) is invalid (reserved bits set or QoS 3)"
+            return "MQTT SUBSCRIBE requested-QoS byte 0x" + hexDigits(UInt64(byte)) + " is invalid (reserved bits set or QoS 3)"
         }
     }
 }
@@ -256,7 +256,7 @@ public enum MQTTPacket: Equatable, Sendable {
         case 3: return "server unavailable"
         case 4: return "bad user name or password"
         case 5: return "not authorized"
-        default: return "reserved return code \(code)"
+        default: return "reserved return code " + decimal(Int(code))
         }
     }
 
@@ -331,7 +331,7 @@ public enum MQTTPacket: Equatable, Sendable {
             var remaining = 2
             for f in filters {
                 let bytes = try topicFilterBytes(f.topicFilter)
-                if f.qos == 2 { throw .qos2NotSupported("MQTT subscription to \"\(printable(f.topicFilter))\" with QoS 2") }
+                if f.qos == 2 { throw .qos2NotSupported("MQTT subscription to \"" + printable(f.topicFilter) + "\" with QoS 2") }
                 guard f.qos <= 1 else { throw .invalidQoS(f.qos) }
                 remaining += 2 + bytes.count + 1
                 encodedFilters.append(bytes)
@@ -399,6 +399,11 @@ public enum MQTTPacket: Equatable, Sendable {
         return out
     }
 }
+
+/// The decimal digits of `value`. Texts here are joined with `+` rather than built by string
+/// interpolation: in Embedded Swift every interpolation inlines its own buffer handling, and the
+/// error texts of this file took about twice the code that way (x86_64, -Osize).
+func decimal(_ value: Int) -> String { String(value) }
 
 // MARK: Encoding helpers
 
@@ -550,7 +555,7 @@ public struct MQTTPacketDecoder {
         /// Reading the first byte (`filled` 0) or the remaining length (`filled` 1 to 4).
         case fixedHeader(type: MQTTPacketType, flags: UInt8, filled: Int, length: Int)
         /// Gathering a body of `length` bytes that did not arrive in one piece.
-        case body(type: MQTTPacketType, flags: UInt8, headerLength: Int, length: Int)
+        case body(type: MQTTPacketType, flags: UInt8, length: Int)
         case failed(MQTTError)
     }
 
@@ -562,15 +567,10 @@ public struct MQTTPacketDecoder {
         self.maximumPacketLength = maximumPacketLength
     }
 
-    /// Bytes of an incomplete packet held from earlier inputs (fixed header included); never
-    /// more than `maximumPacketLength`.
-    public var bufferedByteCount: Int {
-        switch state {
-        case .fixedHeader(_, _, let filled, _): return filled
-        case .body(_, _, let headerLength, _): return headerLength + gathered.count
-        case .failed: return 0
-        }
-    }
+    /// Bytes of an incomplete packet's body copied from earlier inputs: at most
+    /// `maximumPacketLength` less the packet's fixed header. The fixed header itself (at most
+    /// 5 bytes) is read into the decoder's state as it arrives, never buffered.
+    public var bufferedByteCount: Int { gathered.count }
 
     /// Whether an error was found; the decoder then only throws it again.
     public var isFailed: Bool {
@@ -619,9 +619,9 @@ public struct MQTTPacketDecoder {
                     return try decodeBody(type, flags, body)
                 }
                 gathered.reserveCapacity(length)
-                state = .body(type: type, flags: flags, headerLength: headerLength, length: length)
+                state = .body(type: type, flags: flags, length: length)
 
-            case .body(let type, let flags, _, let length):
+            case .body(let type, let flags, let length):
                 guard !input.isEmpty else { return nil }
                 let n = min(length - gathered.count, input.count)
                 gathered.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[0..<n]))
@@ -664,7 +664,7 @@ public struct MQTTPacketDecoder {
         }
         if flags != type.requiredFlags { throw fail(.invalidFlags(type, flags: flags, required: type.requiredFlags)) }
         switch type {
-        case .pubrec, .pubrel, .pubcomp: throw fail(.qos2NotSupported("MQTT \(type) packet"))
+        case .pubrec, .pubrel, .pubcomp: throw fail(.qos2NotSupported("MQTT " + type.description + " packet"))
         default: return (type, flags)
         }
     }
@@ -730,7 +730,7 @@ public struct MQTTPacketDecoder {
                 try checkTopicFilter(Array(filter.utf8), filter)
                 let options = try r.byte("requested QoS")
                 if options & 0xFC != 0 || options == 3 { throw .invalidSubscriptionOptions(options) }
-                if options == 2 { throw .qos2NotSupported("MQTT subscription to \"\(printable(filter))\" with QoS 2") }
+                if options == 2 { throw .qos2NotSupported("MQTT subscription to \"" + printable(filter) + "\" with QoS 2") }
                 filters.append(MQTTSubscription(topicFilter: filter, qos: options))
             }
             if filters.isEmpty { throw .emptyList(.subscribe) }
@@ -764,7 +764,7 @@ public struct MQTTPacketDecoder {
             packet = .disconnect
         case .pubrec, .pubrel, .pubcomp:
             // Refused with the first byte (checkFirstByte); kept for an exhaustive switch.
-            throw .qos2NotSupported("MQTT \(type) packet")
+            throw .qos2NotSupported("MQTT " + type.description + " packet")
         }
         try r.finish()
         return packet

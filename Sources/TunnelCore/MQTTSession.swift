@@ -26,7 +26,7 @@
 /// | disconnecting | finished                     | the owner writes what is left and closes (`connectionClosed`) |
 /// | finished      | —                            | every later `receive` throws `.closed`                  |
 ///
-/// What the broker may send, and when (MQTT 3.1.1 §3.2.0: the first packet from the server is a
+/// What the broker may send, and when (MQTT 3.1.1 §3.2: the first packet from the server is a
 /// CONNACK; the others are answers to what we asked or messages for our subscriptions):
 /// - CONNACK: only in `connecting`. A second one is a protocol violation.
 /// - SUBACK: only in `subscribing`, with the packet id of our SUBSCRIBE and one return code per
@@ -138,6 +138,22 @@ public enum MQTTClientFailure: Error, Equatable, CustomStringConvertible {
     /// invalid.
     case invalidRequest(String)
 
+    /// Compares texts by their bytes: the owner may well compare failures (`failure == .closed`),
+    /// and `String ==` would bring the Unicode tables into the device binary (ByteText.swift).
+    public static func == (a: MQTTClientFailure, b: MQTTClientFailure) -> Bool {
+        switch (a, b) {
+        case (.refused(let x), .refused(let y)): return x == y
+        case (.subscriptionRefused(let x), .subscriptionRefused(let y)),
+             (.protocolViolation(let x), .protocolViolation(let y)),
+             (.timeout(let x), .timeout(let y)),
+             (.queueFull(let x), .queueFull(let y)),
+             (.invalidRequest(let x), .invalidRequest(let y)):
+            return x.bytesEqual(y)
+        case (.closed, .closed): return true
+        default: return false
+        }
+    }
+
     public var description: String {
         switch self {
         case .refused(let code):
@@ -151,11 +167,11 @@ public enum MQTTClientFailure: Error, Equatable, CustomStringConvertible {
             case 5: advice = "check that the device certificate is active and attached to the thing, and that its policy allows iot:Connect with this client id"
             default: advice = "the code is not defined by MQTT 3.1.1"
             }
-            return "the MQTT broker refused the connection: CONNACK return code \(code) (\(reason)); \(advice)"
+            return "the MQTT broker refused the connection: CONNACK return code " + decimal(Int(code)) + " (" + reason + "); " + advice
         case .subscriptionRefused(let filter):
-            return "the MQTT broker refused the subscription to \"\(printable(filter))\" (SUBACK 0x80): check that the device's policy allows iot:Subscribe on this topic filter (and iot:Receive on its topics)"
+            return "the MQTT broker refused the subscription to \"" + printable(filter) + "\" (SUBACK 0x80): check that the device's policy allows iot:Subscribe on this topic filter (and iot:Receive on its topics)"
         case .protocolViolation(let text):
-            return "the MQTT broker broke the protocol: \(text)"
+            return "the MQTT broker broke the protocol: " + text
         case .timeout(let text):
             return text
         case .closed:
@@ -276,20 +292,34 @@ public final class MQTTClientSession {
         }
     }
 
+    /// `receive` for bytes held in an array (the emulator, tests). A typed-throws closure cannot
+    /// go through `Array.withUnsafeBytes`, which only rethrows, so this carries the failure out.
+    public func receive(_ bytes: [UInt8], now: UInt64, events: inout [MQTTClientEvent]) throws(MQTTClientFailure) {
+        var failure: MQTTClientFailure? = nil
+        bytes.withUnsafeBytes { raw in
+            do throws(MQTTClientFailure) {
+                try receive(raw, now: now, events: &events)
+            } catch {
+                failure = error
+            }
+        }
+        if let failure { throw failure }
+    }
+
     /// Queues a PUBLISH. QoS 1 returns its packet id, kept (with the bytes) until its PUBACK;
     /// `resendUnacknowledged` sends such packets again with DUP set. Only in `ready`. Throws
     /// `.invalidRequest` (wrong state, topic or QoS) or `.queueFull`; the session goes on.
     public func publish(topic: String, payload: [UInt8], qos: UInt8, retain: Bool) throws(MQTTClientFailure) -> UInt16? {
         guard state == .ready else {
-            throw .invalidRequest("cannot publish to \"\(printable(topic))\": the MQTT session is \(state), not ready")
+            throw .invalidRequest("cannot publish to \"" + printable(topic) + "\": the MQTT session is " + state.description + ", not ready")
         }
         if qos == 1 && inFlight.count >= min(options.maximumUnacknowledged, 65_534) {
-            throw .queueFull("cannot publish to \"\(printable(topic))\": \(inFlight.count) QoS 1 messages already wait for their PUBACK (maximumUnacknowledged)")
+            throw .queueFull("cannot publish to \"" + printable(topic) + "\": " + decimal(inFlight.count) + " QoS 1 messages already wait for their PUBACK (maximumUnacknowledged)")
         }
         let id: UInt16? = qos == 1 ? freePacketId() : nil
         let bytes = try encode(.publish(MQTTPublish(topic: topic, payload: payload, qos: qos, retain: retain, duplicate: false, packetId: id)))
         if bytes.count > options.maximumOutputLength {
-            throw .invalidRequest("cannot publish to \"\(printable(topic))\": the packet of \(bytes.count) bytes is longer than the output limit of \(options.maximumOutputLength) bytes (maximumOutputLength)")
+            throw .invalidRequest("cannot publish to \"" + printable(topic) + "\": the packet of " + decimal(bytes.count) + " bytes is longer than the output limit of " + decimal(options.maximumOutputLength) + " bytes (maximumOutputLength)")
         }
         try queue(bytes, control: false)
         if let id {
@@ -303,12 +333,12 @@ public final class MQTTClientSession {
     /// DUP flag set (§4.4). Only in `ready`; all or none (`.queueFull` when they do not fit).
     public func resendUnacknowledged() throws(MQTTClientFailure) {
         guard state == .ready else {
-            throw .invalidRequest("cannot re-send: the MQTT session is \(state), not ready")
+            throw .invalidRequest("cannot re-send: the MQTT session is " + state.description + ", not ready")
         }
         var total = 0
         for packet in inFlight { total += packet.bytes.count }
         guard outputCount + total <= options.maximumOutputLength else {
-            throw .queueFull("cannot re-send \(inFlight.count) unacknowledged PUBLISH packets (\(total) bytes): the output queue holds \(outputCount) of at most \(options.maximumOutputLength) bytes")
+            throw .queueFull("cannot re-send " + decimal(inFlight.count) + " unacknowledged PUBLISH packets (" + decimal(total) + " bytes): the output queue holds " + decimal(outputCount) + " of at most " + decimal(options.maximumOutputLength) + " bytes")
         }
         for i in 0..<inFlight.count {
             inFlight[i].bytes[0] |= 0x08
@@ -333,12 +363,12 @@ public final class MQTTClientSession {
         let timeout = options.responseTimeoutMilliseconds
         if let due = handshakeDeadline, self.now >= due {
             if state == .connecting {
-                throw fail(.timeout("no CONNACK within \(timeout) ms of sending CONNECT: the broker did not accept the MQTT session in time (check the endpoint address and port, and that TLS reached an MQTT broker)"))
+                throw fail(.timeout("no CONNACK within " + String(timeout) + " ms of sending CONNECT: the broker did not accept the MQTT session in time (check the endpoint address and port, and that TLS reached an MQTT broker)"))
             }
-            throw fail(.timeout("no SUBACK within \(timeout) ms of sending SUBSCRIBE for \(filterList())"))
+            throw fail(.timeout("no SUBACK within " + String(timeout) + " ms of sending SUBSCRIBE for " + filterList()))
         }
         if let due = pingDeadline, self.now >= due {
-            throw fail(.timeout("no PINGRESP within \(timeout) ms of sending PINGREQ: the connection to the MQTT broker is dead or stalled"))
+            throw fail(.timeout("no PINGRESP within " + String(timeout) + " ms of sending PINGREQ: the connection to the MQTT broker is dead or stalled"))
         }
         if let due = pingDue, self.now >= due {
             try queue([0xC0, 0x00], control: true)
@@ -352,9 +382,8 @@ public final class MQTTClientSession {
         if deferredFailure != nil { return now }
         guard state == .connecting || state == .subscribing || state == .ready else { return nil }
         var next = handshakeDeadline
-        for candidate in [pingDeadline, pingDue] {
-            if let c = candidate, next == nil || c < next! { next = c }
-        }
+        if let p = pingDeadline { next = min(next ?? p, p) }
+        if let p = pingDue { next = min(next ?? p, p) }
         return next
     }
 
@@ -405,7 +434,7 @@ public final class MQTTClientSession {
     private func handle(_ packet: MQTTPacket, _ events: inout [MQTTClientEvent]) throws(MQTTClientFailure) {
         if state == .connecting {
             guard case .connack(let sessionPresent, let code) = packet else {
-                throw fail(.protocolViolation("\(packet.packetType) arrived before CONNACK; the broker's first packet must be CONNACK"))
+                throw fail(.protocolViolation(packet.packetType.description + " arrived before CONNACK; the broker's first packet must be CONNACK"))
             }
             if code != 0 { throw fail(.refused(returnCode: code)) }
             events.append(.connected(sessionPresent: sessionPresent))
@@ -449,30 +478,30 @@ public final class MQTTClientSession {
             pingDeadline = nil
 
         case .unsuback(let id):
-            throw fail(.protocolViolation("UNSUBACK (packet id \(id)) arrived, but this client never sends UNSUBSCRIBE"))
+            throw fail(.protocolViolation("UNSUBACK (packet id " + decimal(Int(id)) + ") arrived, but this client never sends UNSUBSCRIBE"))
 
         case .connect, .subscribe, .unsubscribe, .pingreq, .disconnect:
-            throw fail(.protocolViolation("\(packet.packetType) arrived from the broker; only clients send it"))
+            throw fail(.protocolViolation(packet.packetType.description + " arrived from the broker; only clients send it"))
         }
     }
 
     private func acceptSuback(_ id: UInt16, _ codes: [UInt8], _ events: inout [MQTTClientEvent]) throws(MQTTClientFailure) {
         guard state == .subscribing else {
-            throw fail(.protocolViolation("SUBACK (packet id \(id)) arrived with no SUBSCRIBE waiting for it"))
+            throw fail(.protocolViolation("SUBACK (packet id " + decimal(Int(id)) + ") arrived with no SUBSCRIBE waiting for it"))
         }
         guard id == subscribePacketId else {
-            throw fail(.protocolViolation("SUBACK has packet id \(id), but the SUBSCRIBE has \(subscribePacketId)"))
+            throw fail(.protocolViolation("SUBACK has packet id " + decimal(Int(id)) + ", but the SUBSCRIBE has " + decimal(Int(subscribePacketId))))
         }
         let subscriptions = options.subscriptions
         guard codes.count == subscriptions.count else {
-            throw fail(.protocolViolation("SUBACK has \(codes.count) return codes for a SUBSCRIBE of \(subscriptions.count) topic filters"))
+            throw fail(.protocolViolation("SUBACK has " + decimal(codes.count) + " return codes for a SUBSCRIBE of " + decimal(subscriptions.count) + " topic filters"))
         }
         for i in 0..<codes.count {
             if codes[i] == MQTTPacket.subscriptionFailure {
                 throw fail(.subscriptionRefused(topicFilter: subscriptions[i].topicFilter))
             }
             if codes[i] > subscriptions[i].qos {
-                throw fail(.protocolViolation("SUBACK grants QoS \(codes[i]) to \"\(printable(subscriptions[i].topicFilter))\", which asked for QoS \(subscriptions[i].qos) at most"))
+                throw fail(.protocolViolation("SUBACK grants QoS " + decimal(Int(codes[i])) + " to \"" + printable(subscriptions[i].topicFilter) + "\", which asked for QoS " + decimal(Int(subscriptions[i].qos)) + " at most"))
             }
         }
         for i in 0..<codes.count { events.append(.subscribed(subscriptions[i], grantedQoS: codes[i])) }
@@ -528,7 +557,7 @@ public final class MQTTClientSession {
     private func queue(_ bytes: [UInt8], control: Bool) throws(MQTTClientFailure) {
         let limit = control ? 2 * options.maximumOutputLength : options.maximumOutputLength
         if outputCount + bytes.count > limit {
-            let text = "the MQTT output queue holds \(outputCount) bytes and cannot take \(bytes.count) more (limit \(limit)): the connection is not being written"
+            let text = "the MQTT output queue holds " + decimal(outputCount) + " bytes and cannot take " + decimal(bytes.count) + " more (limit " + decimal(limit) + "): the connection is not being written"
             if control { throw fail(.queueFull(text)) }
             throw .queueFull(text)
         }

@@ -31,23 +31,8 @@ private func drain(_ session: MQTTClientSession) -> String {
 
 private func feed(_ session: MQTTClientSession, _ hexText: String, at now: UInt64) throws(MQTTClientFailure) -> [MQTTClientEvent] {
     var events: [MQTTClientEvent] = []
-    try receive(session, bytes(hexText), at: now, into: &events)
+    try session.receive(bytes(hexText), now: now, events: &events)
     return events
-}
-
-/// `receive` on the bytes of an array. The closure of `withUnsafeBytes` does not throw: the
-/// error is carried out of it (a typed-throws closure given to a `rethrows` function crashes
-/// the 6.3.1 compiler).
-private func receive(_ session: MQTTClientSession, _ data: [UInt8], at now: UInt64, into events: inout [MQTTClientEvent]) throws(MQTTClientFailure) {
-    var failure: MQTTClientFailure? = nil
-    data.withUnsafeBytes { raw in
-        do throws(MQTTClientFailure) {
-            try session.receive(raw, now: now, events: &events)
-        } catch {
-            failure = error
-        }
-    }
-    if let failure { throw failure }
 }
 
 /// The failure a call throws, or nil.
@@ -134,7 +119,7 @@ struct MQTTSessionTests {
             session.start(now: 0)
             var events: [MQTTClientEvent] = []
             for piece in cut(incoming, lengths) {
-                try receive(session, piece, at: 5, into: &events)
+                try session.receive(piece, now: 5, events: &events)
             }
             #expect(events == expectedEvents, "pieces \(lengths)")
             #expect(drain(session) == expectedOutput, "pieces \(lengths)")
@@ -439,7 +424,7 @@ struct MQTTSessionTests {
             let id = try #require(try session.publish(topic: "t", payload: [], qos: 1, retain: false))
             if Int(id) != expected { Issue.record("id \(id), expected \(expected)"); return }
             let ack: [UInt8] = [0x40, 0x02, UInt8(id >> 8), UInt8(id & 0xFF)]
-            try receive(session, ack, at: 40, into: &events)
+            try session.receive(ack, now: 40, events: &events)
             session.consumeOutput(session.pendingOutput.count)
         }
         #expect(events.count == 65_534)
