@@ -152,11 +152,17 @@ public final class AgentRuntime: MQTTConnectionDelegate {
             return
         }
         notifications += 1
-        let notification: TunnelNotification
-        do {
-            notification = try message.payload.withUnsafeBytes { (bytes) throws(TunnelNotificationError) in try TunnelNotification.parse(bytes) }
-        } catch {
-            logger.error("agent: ignoring a tunnel notification that cannot be used: \(error)")
+        var failure: TunnelNotificationError? = nil
+        let parsed = message.payload.withUnsafeBytes { bytes -> TunnelNotification? in
+            do throws(TunnelNotificationError) {
+                return try TunnelNotification.parse(bytes)
+            } catch {
+                failure = error
+                return nil
+            }
+        }
+        guard let notification = parsed else {
+            logger.error("agent: ignoring a tunnel notification that cannot be used: \(failure.map { "\($0)" } ?? "unreadable")")
             return
         }
         let token = notification.clientAccessToken

@@ -251,7 +251,7 @@ public final class MQTTConnection {
         let now = loop.now
         timer.start(after: deadline > now ? deadline - now : 0) { [self] in
             guard state == .mqtt else { return }
-            do {
+            do throws(MQTTClientFailure) {
                 try session.tick(now: loop.now)
             } catch {
                 fail(.failed("MQTT: \(error)"))
