@@ -3,7 +3,7 @@
 #   make build     host build (full Swift, SwiftPM)
 #   make test      Swift tests + Python peer tests (installs deps first when missing)
 #   make embedded  the device binary in Embedded Swift: ARCH=x86_64|aarch64|armv7 LINK=dynamic|static|fullstatic
-#   make test-embedded  TLS and record-cipher peer tests with the Embedded x86_64 static build
+#   make test-embedded  TLS, record-cipher and agent (MQTT) peer tests with the Embedded x86_64 static build
 #   make cross     both ARM device binaries (make deps-cross installs the cross packages)
 #   make footprint armv7 static and fully static builds against their size budgets
 #   make demo      the whole tunnel on this machine: emulator, AWS CLI, both proxies, SSH
@@ -253,7 +253,7 @@ test-swift: deps-apt
 test-embedded: deps bench-tools
 	$(MAKE) embedded ARCH=x86_64 LINK=static
 	LOCALPROXY=$(CURDIR)/.build-embedded/x86_64-static/localproxy $(VENV)/bin/pytest -q \
-	  $(PEERS)/test_record_ciphers.py $(PEERS)/test_tls_interop.py $(PEERS)/test_notices.py
+	  $(PEERS)/test_record_ciphers.py $(PEERS)/test_tls_interop.py $(PEERS)/test_notices.py $(PEERS)/test_mqtt_agent.py
 
 test-peers: deps bench-tools
 	$(SWIFT) build --product wire-probe
@@ -433,6 +433,7 @@ test-cross: cross venv bench-tools
 	for arch in aarch64 armv7; do \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_destination.py -k "$(CROSS_TESTS)" || exit 1; \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_tls_interop.py || exit 1; \
+	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_mqtt_agent.py || exit 1; \
 	done
 	@# The checksummed record-cipher transfers on the ARM build with an accelerated AEAD, both paths.
 	LP_CROSS_ARCH=aarch64 $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_record_ciphers.py

@@ -13,7 +13,8 @@ session with the new token; a broker restart makes the agent reconnect and subsc
 without touching the running tunnel, and the next notification still arrives; a malformed
 notification is logged and ignored; a redelivered notification does not restart the session;
 a notification for services `-d` does not map is refused; a broker whose certificate does not
-chain to `-c` makes the agent exit 3; the token never appears in the log. (What the ACLs allow
+chain to `-c` makes the agent exit 3; SIGHUP reloads the device certificate (and keeps it when
+the new key does not load), SIGUSR1 reports; the token never appears in the log. (What the ACLs allow
 each identity is checked against the same broker in test_mqtt_broker.py: mosquitto grants a
 subscription outside the ACL and then delivers nothing on it.)
 
@@ -287,5 +288,43 @@ def test_broker_certificate_from_an_unknown_ca_exits_3(start_emulator, mqtt_brok
             await agent.start()
             assert await agent.wait_exit() == 3
             assert agent.find("the MQTT broker's TLS certificate was not accepted") is not None
+
+    run(scenario())
+
+
+def test_signals_reload_the_certificate_and_report(start_emulator, mqtt_broker, localproxy, tmp_path):  # noqa: F811
+    """SIGHUP loads --cert/--key again and reconnects to the broker (a renewed certificate); an
+    unusable key keeps the current one; SIGUSR1 reports the agent and its session in one line."""
+
+    async def scenario():
+        async with EchoServer("SSH") as ssh, rig(start_emulator, mqtt_broker, localproxy, tmp_path) as r:
+            agent = await r.start_agent(f"SSH={ssh.endpoint}")
+            r.open_tunnel(["SSH"])
+            await agent.wait_line("connected to wss://")
+
+            mark = agent.mark()
+            agent.proc.send_signal(signal.SIGUSR1)
+            line = await agent.wait_line("statistics: agent up", start=mark)
+            assert "MQTT broker subscribed; 1 notification(s), 1 tunnel session(s); session 1: up" in line, line
+            assert "tunnel connected for" in line, line
+
+            mark = agent.mark()
+            agent.proc.send_signal(signal.SIGHUP)
+            await agent.wait_line("device certificate and key loaded again: reconnecting", start=mark)
+            await agent.wait_line(f"subscribed to {notify_topic(THING)}", start=mark)
+            assert agent.find("starting tunnel session 2", mark) is None, "the tunnel is not touched"
+
+            # A key that does not load: the agent says so and keeps what it has.
+            good = r.device_key.read_bytes()
+            r.device_key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+            mark = agent.mark()
+            agent.proc.send_signal(signal.SIGHUP)
+            line = await agent.wait_line("SIGHUP: cannot load the device certificate and key again", start=mark)
+            assert "keeping the current ones" in line, line
+            r.device_key.write_bytes(good)
+
+            agent.proc.send_signal(signal.SIGTERM)
+            assert await agent.wait_exit() == 0
+            r.assert_no_token_logged()
 
     run(scenario())
