@@ -61,17 +61,11 @@ public final class AgentRuntime: MQTTConnectionDelegate {
 
     /// Runs until a signal stops it (or the broker's certificate is refused); returns the exit code.
     public func run() -> Int32 {
-        for number in [SIGINT, SIGTERM, SIGHUP, SIGUSR1] {
-            do {
-                signalWatchers.append(try SignalWatcher(loop: loop, signal: number) { [self] n in
-                    switch n {
-                    case SIGHUP: reload()
-                    case SIGUSR1: logger.report(statistics())
-                    default: stop("on signal \(n)")
-                    }
-                })
-            } catch {
-                logger.warning("cannot watch signal \(number): \(error)")
+        signalWatchers = watchProcessSignals(loop: loop, logger: logger) { [self] n in
+            switch n {
+            case SIGHUP: reload()
+            case SIGUSR1: logger.report(statistics())
+            default: stop("on signal \(n)")
             }
         }
         logger.info("agent: thing \(settings.thingName), waiting for tunnel notifications on \(settings.notifyTopic) from \(settings.brokerHost):\(settings.brokerPort) (client id \(settings.clientId))")
@@ -136,8 +130,7 @@ public final class AgentRuntime: MQTTConnectionDelegate {
     /// Full-jitter exponential backoff, as for the tunnel: a random delay up to 1 s, 2 s, 4 s …
     private func scheduleReconnect() {
         guard !stopping else { return }
-        let ceiling = min(configuration.reconnectDelayMaximumMilliseconds, 1000 << min(reconnectAttempt, 20))
-        let delay = Int(random.uint32() % UInt32(ceiling + 1))
+        let delay = backoffDelay(attempt: reconnectAttempt, maximum: configuration.reconnectDelayMaximumMilliseconds, random: random)
         reconnectAttempt += 1
         logger.warning("agent: reconnecting to the MQTT broker in \(delay) ms (attempt \(reconnectAttempt))")
         serviceManager.ready(status: "not connected to the MQTT broker; reconnecting (attempt \(reconnectAttempt))")
@@ -263,9 +256,7 @@ public final class AgentRuntime: MQTTConnectionDelegate {
         guard !stopping else { return }
         serviceManager.reloading()
         do {
-            mqttTLS = try TLSConfiguration.client(trustPaths: configuration.trustPaths, verify: configuration.verifyCertificates,
-                                                  random: random, certificateFile: settings.certificateFile, keyFile: settings.keyFile,
-                                                  alpn: settings.alpn)
+            mqttTLS = try settings.brokerTLS(configuration, random: random)
         } catch {
             logger.error("SIGHUP: cannot load the device certificate and key again (\(error)): keeping the current ones")
             serviceManager.ready(status: brokerReady ? "listening for tunnel notifications on \(settings.notifyTopic)" : "not connected to the MQTT broker")

@@ -68,9 +68,7 @@ public enum LocalProxyMain {
         if let agent = configuration.agent {
             let mqttTLS: TLSConfiguration
             do {
-                mqttTLS = try TLSConfiguration.client(trustPaths: configuration.trustPaths, verify: configuration.verifyCertificates,
-                                                      random: random, certificateFile: agent.certificateFile, keyFile: agent.keyFile,
-                                                      alpn: agent.alpn)
+                mqttTLS = try agent.brokerTLS(configuration, random: random)
             } catch {
                 logger.fatal("\(error)")
                 return ExitCode.configuration

@@ -95,34 +95,17 @@ public final class MQTTConnection {
         Resolver.resolve(loop: loop, host: host, port: port) { [self] result in
             guard state == .resolving else { return }
             switch result {
-            case .success(let addresses): connect(addresses, index: 0)
+            case .success(let addresses):
+                state = .connecting
+                connectTCP(loop: loop, to: addresses, logger: logger, adopt: { [self] in socket = $0 },
+                           isCurrent: { [self] in state == .connecting }) { [self] result in
+                    switch result {
+                    case .success(let stream): startTLS(stream)
+                    case .failure(let error): fail(.failed("cannot connect to the MQTT broker \(target): \(error)"))
+                    }
+                }
             case .failure(let error): fail(.failed("\(error)"))
             }
-        }
-    }
-
-    private func connect(_ addresses: [SocketAddress], index: Int) {
-        state = .connecting
-        let address = addresses[index]
-        logger.debug("MQTT: connecting to \(address)")
-        let stream = Stream(loop: loop, kind: .tcp)
-        socket = stream
-        stream.connect(to: address) { [self] error in
-            guard state == .connecting else { return }
-            if let error {
-                stream.close()
-                socket = nil
-                if index + 1 < addresses.count {
-                    connect(addresses, index: index + 1)
-                } else {
-                    fail(.failed("cannot connect to the MQTT broker \(target): \(error)"))
-                }
-                return
-            }
-            stream.setNoDelay()
-            _ = stream.setKeepAlive(idle: TunnelConnection.keepAlive.idle, interval: TunnelConnection.keepAlive.interval,
-                                    count: TunnelConnection.keepAlive.count)
-            startTLS(stream)
         }
     }
 
@@ -295,18 +278,14 @@ public final class MQTTConnection {
             session.consumeOutput(taken)
         }
         let out = engine.ciphertextOut
-        guard !writing, out.readableCount > 0 else { return }
-        let (a, b) = out.readableSpans
-        let count = a.count + b.count
-        writing = true
-        socket.write(UnsafeRawBufferPointer(a), UnsafeRawBufferPointer(b)) { [self] error in
+        guard !writing else { return }
+        writing = sendRing(out, on: socket) { [self] error in
             writing = false
             guard state != .closed else { return }
             if let error {
                 fail(.failed("sending to the MQTT broker \(target) failed: \(error)"))
                 return
             }
-            out.consume(count)
             if state == .stopping && out.readableCount == 0 && session.pendingOutput.isEmpty {
                 fail(.stopped)
                 return

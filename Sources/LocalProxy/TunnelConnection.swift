@@ -106,9 +106,6 @@ public final class TunnelConnection: TunnelPipelineHandler {
     /// When the socket last gave us bytes (or reading last resumed after a pause).
     private var lastHeard: UInt64 = 0
 
-    /// TCP keepalive on the service connection: first probe after 30 s of silence, then every
-    /// 10 s, 3 of them (the kernel drops the connection after about 60 s).
-    static let keepAlive: (idle: Int32, interval: Int32, count: Int32) = (30, 10, 3)
     /// Control frames queued beyond this many mean the service has stopped reading: the
     /// connection is replaced rather than let the queue grow.
     static let controlQueueHardLimit = 4 * TunnelPipeline.controlQueueLimit
@@ -157,37 +154,17 @@ public final class TunnelConnection: TunnelPipelineHandler {
         Resolver.resolve(loop: loop, host: host, port: endpoint.webProxy?.port ?? endpoint.port) { [self] result in
             guard state == .resolving else { return }
             switch result {
-            case .success(let addresses): connect(addresses, index: 0)
+            case .success(let addresses):
+                state = .connecting
+                connectTCP(loop: loop, to: addresses, logger: logger, adopt: { [self] in socket = $0 },
+                           isCurrent: { [self] in state == .connecting }) { [self] result in
+                    switch result {
+                    case .success(let stream): startReading(stream)
+                    case .failure(let error): fail(.failed("cannot connect to \(firstHop): \(error)"))
+                    }
+                }
             case .failure(let error): fail(.failed(endpoint.webProxy == nil ? "\(error)" : "\(firstHop): \(error)"))
             }
-        }
-    }
-
-    private func connect(_ addresses: [SocketAddress], index: Int) {
-        state = .connecting
-        let address = addresses[index]
-        logger.debug("connecting to \(address)")
-        let stream = Stream(loop: loop, kind: .tcp)
-        socket = stream
-        stream.connect(to: address) { [self] error in
-            guard state == .connecting else { return }
-            if let error {
-                stream.close()
-                socket = nil
-                if index + 1 < addresses.count {
-                    logger.debug("\(error); trying the next address")
-                    connect(addresses, index: index + 1)
-                } else {
-                    fail(.failed("cannot connect to \(firstHop): \(error)"))
-                }
-                return
-            }
-            stream.setNoDelay()
-            if let error = stream.setKeepAlive(idle: TunnelConnection.keepAlive.idle, interval: TunnelConnection.keepAlive.interval,
-                                               count: TunnelConnection.keepAlive.count) {
-                logger.warning("\(error): a dropped path will be noticed by the ping deadline only")
-            }
-            startReading(stream)
         }
     }
 
@@ -443,18 +420,14 @@ public final class TunnelConnection: TunnelPipelineHandler {
             return
         }
         let out = pipeline.tls.ciphertextOut
-        guard !writing, out.readableCount > 0 else { return }
-        let (a, b) = out.readableSpans
-        let count = a.count + b.count
-        writing = true
-        socket.write(UnsafeRawBufferPointer(a), UnsafeRawBufferPointer(b)) { [self] error in
+        guard !writing else { return }
+        writing = sendRing(out, on: socket) { [self] error in
             writing = false
             guard state != .closed else { return }
             if let error {
                 fail(.failed("sending to \(target) failed: \(error)"))
                 return
             }
-            out.consume(count)
             flush()
             if state == .closing && pipeline.closeWritten && pipeline.queuedControlCount == 0
                 && out.readableCount == 0 && closeAcknowledged {

@@ -88,17 +88,11 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
 
     /// Runs until the tunnel ends or a signal stops it; returns the process exit code.
     public func run() -> Int32 {
-        for number in [SIGINT, SIGTERM, SIGHUP, SIGUSR1] {
-            do {
-                signalWatchers.append(try SignalWatcher(loop: loop, signal: number) { [self] n in
-                    switch n {
-                    case SIGHUP: reload()
-                    case SIGUSR1: logger.report(statistics())
-                    default: stop("on signal \(n)")
-                    }
-                })
-            } catch {
-                logger.warning("cannot watch signal \(number): \(error)")
+        signalWatchers = watchProcessSignals(loop: loop, logger: logger) { [self] n in
+            switch n {
+            case SIGHUP: reload()
+            case SIGUSR1: logger.report(statistics())
+            default: stop("on signal \(n)")
             }
         }
         start()
@@ -293,9 +287,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
             reconnectTimer.start(after: 0) { [self] in connect() }
             return
         }
-        let exponent = min(reconnectAttempt, 20)
-        let ceiling = min(configuration.reconnectDelayMaximumMilliseconds, 1000 << exponent)
-        let delay = Int(random.uint32() % UInt32(ceiling + 1))
+        let delay = backoffDelay(attempt: reconnectAttempt, maximum: configuration.reconnectDelayMaximumMilliseconds, random: random)
         reconnectAttempt += 1
         logger.warning("reconnecting in \(delay) ms (attempt \(reconnectAttempt), same access token and client token)")
         // systemctl start returns once the first attempt is over, connected or not.
