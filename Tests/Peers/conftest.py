@@ -16,6 +16,14 @@ from pathlib import Path
 
 import pytest
 
+
+def pytest_configure(config):
+    # The ARM builds run under qemu on a chosen set of end-to-end tests (make test-cross): the set
+    # is marked on the tests, so that renaming one cannot drop it silently as a -k pattern would.
+    config.addinivalue_line("markers", "cross: also run against the ARM builds under qemu (make test-cross)")
+    config.addinivalue_line("markers", "valgrind: also run with the Embedded build under valgrind (make test-valgrind)")
+    config.addinivalue_line("markers", "deb_file: checks of a built .deb, run for each architecture by make deb-check")
+
 PEERS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PEERS_DIR.parents[1]
 PROTO_FILE = PEERS_DIR / "tunnel.proto"

@@ -508,6 +508,7 @@ def test_two_services_at_once(localproxy, tunnel_certs, pb):
     run(scenario())
 
 
+@pytest.mark.cross
 def test_64_simultaneous_v3_connections(localproxy, tunnel_certs, pb):
     count = 64
 
@@ -545,6 +546,7 @@ def test_64_simultaneous_v3_connections(localproxy, tunnel_certs, pb):
     run(scenario())
 
 
+@pytest.mark.cross
 def test_big_transfer_device_to_source(localproxy, tunnel_certs, pb):
     total = BIG_MIB * MIB
 
@@ -572,6 +574,7 @@ def test_big_transfer_device_to_source(localproxy, tunnel_certs, pb):
     run(scenario(), timeout=max(240.0, BIG_MIB * 2.0))
 
 
+@pytest.mark.cross
 def test_big_transfer_source_to_device(localproxy, tunnel_certs, pb):
     total = BIG_MIB * MIB
 
@@ -675,6 +678,7 @@ def test_every_cut_position_inside_a_message(localproxy, tunnel_certs, pb):
 # ======================================================================================
 
 
+@pytest.mark.cross
 def test_slow_local_consumer_bounds_memory(localproxy, tunnel_certs, pb):
     total = 64 * MIB
     slow_bytes = 256 * 1024  # about 4 s at 64 KiB/s
@@ -875,6 +879,8 @@ def test_failed_connection_start_resets_only_that_connection(localproxy, tunnel_
 # ======================================================================================
 
 
+@pytest.mark.valgrind
+@pytest.mark.cross
 def test_service_dropping_tcp_mid_transfer_reconnects_with_same_tokens(localproxy, tunnel_certs, pb):
     async def scenario():
         async with EchoServer("echo") as echo, new_service(pb, tunnel_certs, single_use=True) as service:
@@ -949,6 +955,8 @@ def test_server_errors_on_handshake_are_retried(localproxy, tunnel_certs, pb):
     run(scenario())
 
 
+@pytest.mark.valgrind
+@pytest.mark.cross
 def test_close_frame_from_service_exits_0(localproxy, tunnel_certs, pb):
     async def scenario():
         async with EchoServer("echo") as echo, new_service(pb, tunnel_certs) as service:
@@ -1028,6 +1036,8 @@ def test_access_token_never_logged(localproxy, tunnel_certs, pb, token_via):
     run(scenario())
 
 
+@pytest.mark.valgrind
+@pytest.mark.cross
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_closes_with_1000_and_exits_0(localproxy, tunnel_certs, pb, sig):
     async def scenario():
