@@ -59,7 +59,7 @@ PEERS        := Tests/Peers
 #   ARCH = x86_64 | aarch64 | armv7      LINK = dynamic | static | fullstatic
 # static (default): libuv and mbedTLS linked in, glibc dynamic; fullstatic: everything static.
 # There is no Embedded stdlib for *-linux-gnu ARM triples: ARM builds use the bare-metal triples
-# with the Linux headers given to the C importer (design/BUILD.md), and clang links for Linux.
+# with the Linux headers given to the C importer (docs/BUILDING.md), and clang links for Linux.
 ARCH         ?= x86_64
 LINK         ?= static
 # The Debian names of the same architectures (make deb ARCH=amd64|arm64|armhf).

@@ -2,7 +2,7 @@ import TunnelCore
 import TunnelIO
 
 /// Everything a run needs, resolved from the command line, `--config` file and environment
-/// (in that order of precedence; PROTOCOL.md §15).
+/// (in that order of precedence; docs/PROTOCOL.md §15).
 public struct Configuration {
     public var mode: TunnelMode = .destination
     public var endpointHost = ""
@@ -557,7 +557,7 @@ public enum ConfigurationParser {
         throw ConfigurationError("\(what) '\(value)': an IPv6 address needs brackets, e.g. [::1]:22")
     }
 
-    /// The `-d` grammar (PROTOCOL.md §8.1): `ENDPOINT` alone, or `SVC=ENDPOINT,...`.
+    /// The `-d` grammar (docs/PROTOCOL.md §8.1): `ENDPOINT` alone, or `SVC=ENDPOINT,...`.
     public static func parseDestinationMappings(_ text: String, defaultHost: String) throws(ConfigurationError) -> [ServiceMapping] {
         let items = text.splitBytes(at: 0x2C).map { trim($0) }.filter { !$0.isEmpty }
         guard !items.isEmpty else { throw ConfigurationError("-d/--destination-app is empty") }

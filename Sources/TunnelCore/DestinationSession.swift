@@ -1,5 +1,5 @@
 /// The destination (device-side) half of a tunnel session, as a state machine with no I/O
-/// (PROTOCOL.md §8 and §17, without the reference's quirks of §16).
+/// (docs/PROTOCOL.md §8 and §17, without the reference's quirks of §16).
 ///
 /// Events go in (a tunnel message, a local connect result, a local close, a retry timer) and
 /// actions come out (connect, deliver bytes to a local socket, close one, send a control message,
@@ -45,7 +45,7 @@ public struct ServiceMapping: Equatable {
     }
 }
 
-/// Message format of a stream, decided by the peer's STREAM_START (PROTOCOL.md §11).
+/// Message format of a stream, decided by the peer's STREAM_START (docs/PROTOCOL.md §11).
 public enum MessageFormat: Equatable, CustomStringConvertible {
     /// No serviceId, no connectionId.
     case v1

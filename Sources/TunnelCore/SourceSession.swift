@@ -1,5 +1,5 @@
 /// The source (laptop-side) half of a tunnel session, as a state machine with no I/O
-/// (PROTOCOL.md §9). Local clients connect to a port per service; each accepted connection
+/// (docs/PROTOCOL.md §9). Local clients connect to a port per service; each accepted connection
 /// becomes a stream or a connection of the tunnel.
 ///
 /// Numbering: stream ids come from a counter that the runtime carries across sessions, so they

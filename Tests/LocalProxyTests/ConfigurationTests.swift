@@ -1,5 +1,5 @@
 // The command line, `--config` files and the environment turned into a `Configuration`
-// (PROTOCOL.md §2.1, §8.1, §9, §15). Every test hands the parser its own environment, file
+// (docs/PROTOCOL.md §2.1, §8.1, §9, §15). Every test hands the parser its own environment, file
 // contents and permission bits, so the result does not depend on the machine. The exception is
 // `--config-dir`: the parser lists that directory itself, so those tests build a real one.
 import Foundation

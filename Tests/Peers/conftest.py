@@ -29,9 +29,9 @@ REPO_ROOT = PEERS_DIR.parents[1]
 PROTO_FILE = PEERS_DIR / "tunnel.proto"
 
 # A tunnel frame carries its protobuf bytes behind a 2-byte big-endian length, so no
-# encoded message may exceed this (PROTOCOL.md section 5).
+# encoded message may exceed this (docs/PROTOCOL.md section 5).
 MAX_FRAME_BODY = 0xFFFF
-# The largest `payload` a peer may put in one message (PROTOCOL.md section 5).
+# The largest `payload` a peer may put in one message (docs/PROTOCOL.md section 5).
 MAX_PAYLOAD = 64_512
 
 # One probe run in these tests moves at most a few megabytes over a pipe or loopback, so

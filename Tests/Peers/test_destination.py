@@ -369,7 +369,7 @@ def test_service_selftest_session_with_websockets_client(pb, tunnel_certs):
                 assert await peer.ping(b"abc") >= 0
                 assert service.violations == []
                 # A destination may not send STREAM_START: the service records it and, as the
-                # real service does (PROTOCOL.md 14.4), disconnects the client with 1008.
+                # real service does (docs/PROTOCOL.md 14.4), disconnects the client with 1008.
                 bad = pb.Message(type=pb.Message.STREAM_START, streamId=1, serviceId="SSH", connectionId=1)
                 await ws.send(frame_message(bad.SerializeToString()))
                 await service.wait_until(lambda: service.violations, WAIT, "a violation")
@@ -539,7 +539,7 @@ def test_64_simultaneous_v3_connections(localproxy, tunnel_certs, pb):
                 for conn in range(1, count + 1):
                     await peer.connection_reset(3, conn)
                 await echo.wait_all_closed(WAIT)
-                # Resets for connections the source closed may be echoed back (PROTOCOL.md 8.4).
+                # Resets for connections the source closed may be echoed back (docs/PROTOCOL.md 8.4).
                 assert_no_unexpected_controls(peer, allowed=("CONNECTION_RESET",))
                 service.assert_clean()
 
@@ -934,7 +934,7 @@ def test_reused_token_rejected_with_400_exits_2(localproxy, tunnel_certs, pb):
 
 
 def test_server_errors_on_handshake_are_retried(localproxy, tunnel_certs, pb):
-    # 5xx means "try again" (PROTOCOL.md 3.3); the backoff is capped by --reconnect-delay-max-ms.
+    # 5xx means "try again" (docs/PROTOCOL.md 3.3); the backoff is capped by --reconnect-delay-max-ms.
     async def scenario():
         async with EchoServer("echo") as echo, new_service(pb, tunnel_certs) as service:
             service.reject_next.extend([(503, "Service Unavailable"), (502, "Bad Gateway"), (500, "Internal error")])
@@ -1190,7 +1190,7 @@ def test_new_stream_start_replaces_the_old_stream(localproxy, tunnel_certs, pb):
                 await peer.start_stream(1)
                 await echo_round_trip(peer, echo, 1, b"old stream\n")
                 # A newer STREAM_START for the same service closes the old stream and starts the
-                # new one at once (PROTOCOL.md 8.4); late DATA for the old stream is stale.
+                # new one at once (docs/PROTOCOL.md 8.4); late DATA for the old stream is stale.
                 await peer.send(peer.message(pb.Message.STREAM_START, 2, connection_id=1),
                                 *peer.data_messages(1, b"stale\n"),
                                 *peer.data_messages(2, b"new stream\n"), framing="coalesce")
@@ -1205,7 +1205,7 @@ def test_new_stream_start_replaces_the_old_stream(localproxy, tunnel_certs, pb):
 
 
 def test_service_ids_repeated_mid_session_are_tolerated(localproxy, tunnel_certs, pb):
-    # Whether the service re-sends SERVICE_IDS is not known (PROTOCOL.md 14.3); a destination
+    # Whether the service re-sends SERVICE_IDS is not known (docs/PROTOCOL.md 14.3); a destination
     # must accept it at any time without disturbing streams.
     async def scenario():
         async with EchoServer("echo") as echo, new_service(pb, tunnel_certs) as service:

@@ -1,4 +1,4 @@
-// The destination state machine driven event by event (PROTOCOL.md §7, §8, §11, §17): every test
+// The destination state machine driven event by event (docs/PROTOCOL.md §7, §8, §11, §17): every test
 // states the exact list of actions each event must produce, so an extra or missing reset, close
 // or connect fails it. Log lines are kept apart and only checked where a message has to name
 // what is wrong.

@@ -1,4 +1,4 @@
-// The source state machine driven event by event (PROTOCOL.md §6, §7, §9, §11, §16.11–12).
+// The source state machine driven event by event (docs/PROTOCOL.md §6, §7, §9, §11, §16.11–12).
 // Each test spells out the whole list of actions an event has to produce, so an extra STREAM_START,
 // a missing reset or a close too many fails it. Log lines are recorded separately and are only
 // looked at where a warning is what the behaviour consists of.
