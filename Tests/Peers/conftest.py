@@ -35,8 +35,10 @@ MAX_FRAME_BODY = 0xFFFF
 MAX_PAYLOAD = 64_512
 
 # One probe run in these tests moves at most a few megabytes over a pipe or loopback, so
-# anything slower than this is a hang rather than a slow machine.
-PROBE_TIMEOUT = 15.0
+# anything slower than this is a hang rather than a slow machine. An AddressSanitizer build
+# (make test-asan sets LP_SANITIZER_LOG_DIR) runs several times slower: it gets four times as
+# long (seen: pb-random with 3000 messages took over 15 s under ASan on a loaded machine).
+PROBE_TIMEOUT = 15.0 * (4 if os.environ.get("LP_SANITIZER_LOG_DIR") else 1)
 
 _HEX = r"(?:[0-9a-f]{2})*"
 # The probe's canonical text is parsed strictly, so that a formatting slip on the Swift
