@@ -516,7 +516,10 @@ public final class TunnelConnection: TunnelPipelineHandler {
         }
         pipeline?.queueClose(code: code ?? WebSocketCloseCode.normal, reason: "")
         state = .closing(reason: .closedByService(code: code, reason: reason), acknowledged: true)
-        pipeline?.tls.close()
+        // Our close frame goes into TLS before close_notify: the service reads nothing after
+        // close_notify, so the other order lost the answer. (A TLS error here is met again by
+        // the flush below.)
+        if let pipeline, (try? pipeline.flushControl()) == true { pipeline.tls.close() }
         flushThenFinish()
     }
 
