@@ -358,10 +358,9 @@ public final class SourceSession {
     /// time, so the connection is closed and the destination told. An expiry for a connection
     /// that is gone or not half-closed (a timer the runtime did not stop in time) is ignored.
     public func lingerExpired(_ id: LocalConnectionID, into actions: inout [SourceAction]) {
-        guard let c = connections[id], case .halfClosed = c.phase else { return }
+        guard case .halfClosed? = connections[id]?.phase else { return }
         actions.append(.log(.debug, "local connection \(id): no answer for \(settings.halfCloseLingerMilliseconds) ms after its half-close: closing"))
-        actions.append(.closeLocal(id))
-        forget(id, c, &actions)
+        localClosed(id, into: &actions)
     }
 
     /// The local connection is over (after its bytes went out), or a write to a half-closed
