@@ -109,8 +109,10 @@ public struct ConfigurationError: Error, CustomStringConvertible {
 }
 
 // The parser cuts and compares text as UTF-8 bytes (TunnelCore/ByteText.swift), never through
-// `Character` or `String ==`, which would link the Unicode tables into the device binary. The
-// options themselves, each with its handler and its `--help` text, are in CommandLineOptions.swift.
+// `Character` or `String ==`, which would link the Unicode tables into the device binary. Its
+// loops run over `Array(text.utf8)` rather than `text.utf8`, whose iterator Embedded Swift inlines
+// into each loop (about 900 bytes on armv7), where the array is one shared call. The options
+// themselves, each with its handler and its `--help` text, are in CommandLineOptions.swift.
 public enum ConfigurationParser {
     /// The place of the option named `long` in `options`.
     static func index(long: String) -> Int? {
@@ -150,10 +152,10 @@ public enum ConfigurationParser {
                 let bytes = Array(arg.utf8)
                 var end = 2
                 while end < bytes.count && bytes[end] & 0xC0 == 0x80 { end += 1 }
-                let letter = String(decoding: bytes[1..<end], as: UTF8.self)
+                let letter = utf8Text(bytes[1..<end])
                 spec = Self.spec(short: letter)
                 if spec == nil { throw ConfigurationError("unknown option -\(letter) (see --help)") }
-                if end < bytes.count { inline = String(decoding: bytes[end...], as: UTF8.self) }
+                if end < bytes.count { inline = utf8Text(bytes[end...]) }
             } else {
                 // Not echoed: a stray argument is often a token whose option was forgotten.
                 throw ConfigurationError("unexpected argument number \(i) (\(arg.utf8.count) characters): options start with - or --; did an option before it lose its name? (see --help)")
@@ -463,32 +465,23 @@ public enum ConfigurationParser {
 
     /// MQTT client ids as AWS IoT takes them: 1 to 128 bytes, no control characters.
     static func checkClientId(_ id: String) throws(ConfigurationError) {
-        guard !id.isEmpty, id.utf8.count <= 128 else {
+        let bytes = Array(id.utf8)
+        guard !bytes.isEmpty, bytes.count <= 128 else {
             throw ConfigurationError("--mqtt-client-id must be 1 to 128 bytes (AWS IoT's limit)")
         }
-        for b in id.utf8 where b < 0x20 || b == 0x7F {
+        for b in bytes where b < 0x20 || b == 0x7F {
             throw ConfigurationError("--mqtt-client-id must not contain control characters")
-        }
-    }
-
-    /// Thing names as AWS IoT allows them: `[A-Za-z0-9:_-]`, 1 to 128 characters (so never an
-    /// MQTT wildcard or a topic separator).
-    static func checkThingName(_ name: String) throws(ConfigurationError) {
-        guard !name.isEmpty, name.utf8.count <= 128 else {
-            throw ConfigurationError("--thing-name '\(name)' must be 1 to 128 characters")
-        }
-        for b in name.utf8 where !isServiceIdByte(b) {
-            throw ConfigurationError("--thing-name '\(name)' may only contain letters, digits, '_', '-' and ':'")
         }
     }
 
     /// `HOST[:PORT]`, `[IPv6]:PORT`; lower-cased, port 443 by default.
     static func parseEndpoint(_ text: String) throws(ConfigurationError) -> (String, UInt16) {
         let value = lowercased(trim(text))
-        guard !value.isEmpty, value.utf8.count <= 253 + 8 else {
+        let bytes = Array(value.utf8)
+        guard !bytes.isEmpty, bytes.count <= 253 + 8 else {
             throw ConfigurationError("--proxy-endpoint '\(text)' is not HOST or HOST:PORT")
         }
-        for b in value.utf8 {
+        for b in bytes {
             let ok = (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x2E || b == 0x2D || b == 0x3A || b == 0x5B || b == 0x5D
             if !ok { throw ConfigurationError("--proxy-endpoint '\(text)' contains characters a host name cannot have") }
         }
@@ -606,14 +599,24 @@ public enum ConfigurationParser {
 
     /// Service ids as the AWS API allows them: `[A-Za-z0-9:_-]`, 1 to 128 characters.
     static func checkServiceId(_ id: String) throws(ConfigurationError) {
-        guard !id.isEmpty, id.utf8.count <= 128 else {
-            throw ConfigurationError("service name '\(id)' must be 1 to 128 characters")
-        }
-        for b in id.utf8 where !isServiceIdByte(b) {
-            throw ConfigurationError("service name '\(id)' may only contain letters, digits, '_', '-' and ':'")
-        }
+        try checkIdentifier(id, what: "service name")
     }
 
+    /// Thing names as AWS IoT allows them, the same characters as service ids (so never an MQTT
+    /// wildcard or a topic separator).
+    static func checkThingName(_ name: String) throws(ConfigurationError) {
+        try checkIdentifier(name, what: "--thing-name")
+    }
+
+    static func checkIdentifier(_ id: String, what: String) throws(ConfigurationError) {
+        let bytes = Array(id.utf8)
+        guard !bytes.isEmpty, bytes.count <= 128 else {
+            throw ConfigurationError("\(what) '\(id)' must be 1 to 128 characters")
+        }
+        for b in bytes where !isServiceIdByte(b) {
+            throw ConfigurationError("\(what) '\(id)' may only contain letters, digits, '_', '-' and ':'")
+        }
+    }
 
     /// The web proxy from `https_proxy` (or `HTTPS_PROXY`), unless `no_proxy` (or `NO_PROXY`)
     /// covers the endpoint host; a bypassed proxy's URL is not checked, since it is not used.
@@ -649,18 +652,25 @@ public enum ConfigurationParser {
 /// Lines of `text`, split on LF bytes (a `Character` split would treat CR LF as one character
 /// and never split Windows-edited files); the CR stays, for `trim` to remove.
 func lines(of text: String) -> [String] {
-    Array(text.utf8).split(separator: 0x0A, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+    Array(text.utf8).split(separator: 0x0A, omittingEmptySubsequences: false).map(utf8Text)
 }
 
 func trim(_ s: String) -> String {
     var bytes = Array(s.utf8)
     while let f = bytes.first, f == 0x20 || f == 0x09 || f == 0x0D || f == 0x0A { bytes.removeFirst() }
     while let l = bytes.last, l == 0x20 || l == 0x09 || l == 0x0D || l == 0x0A { bytes.removeLast() }
-    return String(decoding: bytes, as: UTF8.self)
+    return utf8Text(bytes[...])
 }
 
+/// Text from UTF-8 bytes, invalid sequences replaced. One shared copy: `String(decoding:as:)`
+/// is otherwise inlined wherever it is called (about 150 bytes each on armv7).
+@inline(never)
+func utf8Text(_ bytes: ArraySlice<UInt8>) -> String { String(decoding: bytes, as: UTF8.self) }
+
 func lowercased(_ s: String) -> String {
-    String(decoding: s.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)
+    var bytes = Array(s.utf8)
+    for i in bytes.indices where bytes[i] >= 0x41 && bytes[i] <= 0x5A { bytes[i] += 0x20 }
+    return utf8Text(bytes[...])
 }
 
 func parseInt(_ s: String) -> Int? {
@@ -690,10 +700,11 @@ func parsePort(_ s: String) -> UInt16? {
 
 /// Why a (trimmed, non-empty) access token cannot be sent, or nil. The message never quotes it.
 func accessTokenProblem(_ token: String) -> String? {
-    if token.utf8.count > 4096 {
-        return "the access token is \(token.utf8.count) bytes; tokens are at most 4096"
+    let bytes = Array(token.utf8)
+    if bytes.count > 4096 {
+        return "the access token is \(bytes.count) bytes; tokens are at most 4096"
     }
-    for b in token.utf8 where b < 0x21 || b > 0x7E {
+    for b in bytes where b < 0x21 || b > 0x7E {
         return "the access token contains a space or control character: check how it was copied"
     }
     return nil
