@@ -8,6 +8,7 @@ import TunnelIO
 struct OptionSpec: Sendable {
     /// The option as `--help` shows it: the short name if there is one, the long name, and the
     /// value's name for an option that takes one (`-t, --access-token TOKEN`, `--syslog`).
+    /// Tests/LocalProxyTests/ConfigurationTests.swift checks that every row has this form.
     let names: String
     let group: OptionGroup
     /// The description in `--help`: lines separated by LF, printed in a column; empty for the

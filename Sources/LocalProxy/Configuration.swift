@@ -134,47 +134,48 @@ public enum ConfigurationParser {
         var out: [(String, String)] = []
         var i = 0
         while i < arguments.count {
-            let arg = arguments[i]
+            let (option, inline) = try parseOption(arguments[i], number: i + 1)
             i += 1
-            var spec: OptionSpec? = nil
-            var inline: String? = nil
-            if arg.hasBytePrefix("--") {
-                let body = arg.droppingBytes(2)
-                var name = body
-                if let parts = body.splitOnce(at: 0x3D) {
-                    name = parts.before
-                    inline = parts.after
-                }
-                spec = Self.spec(long: name)
-                if spec == nil { throw ConfigurationError("unknown option --\(name) (see --help)") }
-            } else if arg.hasBytePrefix("-") && arg.utf8.count >= 2 {
-                // The letter is the character after '-': its lead byte and continuation bytes.
-                let bytes = Array(arg.utf8)
-                var end = 2
-                while end < bytes.count && bytes[end] & 0xC0 == 0x80 { end += 1 }
-                let letter = utf8Text(bytes[1..<end])
-                spec = Self.spec(short: letter)
-                if spec == nil { throw ConfigurationError("unknown option -\(letter) (see --help)") }
-                if end < bytes.count { inline = utf8Text(bytes[end...]) }
+            let long = option.long
+            if !option.takesValue {
+                if inline != nil { throw ConfigurationError("option --\(long) takes no value") }
+                out.append((long, ""))
+            } else if let inline {
+                out.append((long, inline))
             } else {
-                // Not echoed: a stray argument is often a token whose option was forgotten.
-                throw ConfigurationError("unexpected argument number \(i) (\(arg.utf8.count) characters): options start with - or --; did an option before it lose its name? (see --help)")
-            }
-            let option = spec!
-            if option.takesValue {
-                if let inline {
-                    out.append((option.long, inline))
-                } else {
-                    guard i < arguments.count else { throw ConfigurationError("option --\(option.long) needs a value") }
-                    out.append((option.long, arguments[i]))
-                    i += 1
-                }
-            } else {
-                if inline != nil { throw ConfigurationError("option --\(option.long) takes no value") }
-                out.append((option.long, ""))
+                guard i < arguments.count else { throw ConfigurationError("option --\(long) needs a value") }
+                out.append((long, arguments[i]))
+                i += 1
             }
         }
         return out
+    }
+
+    /// The option an argument names (`--long`, `--long=VALUE`, `-x`, `-xVALUE`) and the value
+    /// written into the argument, if any; `number` counts arguments from 1, for the error
+    /// about an argument that is no option.
+    static func parseOption(_ argument: String, number: Int) throws(ConfigurationError) -> (OptionSpec, inline: String?) {
+        if argument.hasBytePrefix("--") {
+            var name = argument.droppingBytes(2)
+            var inline: String? = nil
+            if let parts = name.splitOnce(at: 0x3D) {
+                name = parts.before
+                inline = parts.after
+            }
+            guard let option = spec(long: name) else { throw ConfigurationError("unknown option --\(name) (see --help)") }
+            return (option, inline)
+        }
+        let bytes = Array(argument.utf8)
+        guard bytes.count >= 2 && bytes[0] == 0x2D else {
+            // Not echoed: a stray argument is often a token whose option was forgotten.
+            throw ConfigurationError("unexpected argument number \(number) (\(bytes.count) characters): options start with - or --; did an option before it lose its name? (see --help)")
+        }
+        // The letter is the character after '-': its lead byte and continuation bytes.
+        var end = 2
+        while end < bytes.count && bytes[end] & 0xC0 == 0x80 { end += 1 }
+        let letter = utf8Text(bytes[1..<end])
+        guard let option = spec(short: letter) else { throw ConfigurationError("unknown option -\(letter) (see --help)") }
+        return (option, end < bytes.count ? utf8Text(bytes[end...]) : nil)
     }
 
     /// Parses `long-option = value` lines (blank lines and `#` comments ignored).
