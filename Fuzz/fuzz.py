@@ -49,11 +49,12 @@ MODULES = {
     "TunnelTLS": ["TunnelCore"],
     "TunnelIO": ["TunnelCore"],
     "LocalProxy": ["TunnelCore", "TunnelTLS", "TunnelIO"],
-    "TunnelService": ["TunnelCore", "TunnelTLS", "TunnelIO"],
+    # The emulator publishes MQTT notifications with LocalProxy's MQTT client.
+    "TunnelService": ["TunnelCore", "TunnelTLS", "TunnelIO", "LocalProxy"],
 }
 CORE = ["TunnelCore"]
 PROXY = ["TunnelCore", "TunnelTLS", "TunnelIO", "LocalProxy"]
-SERVICE = ["TunnelCore", "TunnelTLS", "TunnelIO", "TunnelService"]
+SERVICE = ["TunnelCore", "TunnelTLS", "TunnelIO", "LocalProxy", "TunnelService"]
 
 # Each target: Fuzz/Targets/NAME.swift and the modules it links.
 TARGETS = {
