@@ -1,4 +1,4 @@
-import CLibUV
+import CLibC
 import TunnelCore
 import TunnelIO
 import TunnelTLS

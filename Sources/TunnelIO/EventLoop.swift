@@ -1,3 +1,4 @@
+import CLibC
 import CLibUV
 
 /// A libuv error code with the operation that produced it.
@@ -204,6 +205,10 @@ public final class SignalWatcher: Handle {
 
     override func willClose() { callback = nil }
 }
+
+/// A monotonic clock (CLOCK_MONOTONIC) in nanoseconds, read at the call rather than cached per
+/// loop iteration like `EventLoop.now`: for the log's rate limit and systemd's MONOTONIC_USEC.
+public func monotonicNanoseconds() -> UInt64 { uv_hrtime() }
 
 /// Ignores SIGPIPE: a write to a socket the peer closed then fails with EPIPE instead of killing
 /// the process.

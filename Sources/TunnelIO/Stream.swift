@@ -1,3 +1,4 @@
+import CLibC
 import CLibUV
 import TunnelCore
 
