@@ -180,7 +180,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
             fail(.failed("\(error)"))
             return
         }
-        stream.allocate = { [unowned(unsafe) engine] in engine.ciphertextIn.writableSpans.0 }
+        stream.allocate = { engine.ciphertextIn.writableSpans.0 }
         stream.onRead = { [self] result in
             switch result {
             case .success(let n):
