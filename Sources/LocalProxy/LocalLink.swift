@@ -44,7 +44,7 @@ final class LocalLink {
     let loop: EventLoop
     let logger: Logger
     private(set) var state = State.idle
-    private var stream: Stream? = nil
+    private var stream: SocketStream? = nil
     private let toLocal: RingBuffer
     private let toTunnel: RingBuffer
     private let maximumPayload: Int
@@ -99,7 +99,7 @@ final class LocalLink {
         endpointText = endpoint.description
         switch endpoint {
         case .unix(let path):
-            let s = Stream(loop: loop, kind: .unixSocket)
+            let s = SocketStream(loop: loop, kind: .unixSocket)
             stream = s
             s.connect(toPath: path) { [self] error in connectFinished(s, error) }
         case .tcp(let host, let port):
@@ -109,7 +109,7 @@ final class LocalLink {
                 case .failure(let error):
                     owner?.linkConnectFailed(self, reason: "\(error)")
                 case .success(let addresses):
-                    let s = Stream(loop: loop, kind: .tcp)
+                    let s = SocketStream(loop: loop, kind: .tcp)
                     stream = s
                     s.connect(to: addresses[0]) { [self] error in connectFinished(s, error) }
                 }
@@ -117,7 +117,7 @@ final class LocalLink {
         }
     }
 
-    private func connectFinished(_ s: Stream, _ error: UVError?) {
+    private func connectFinished(_ s: SocketStream, _ error: UVError?) {
         guard state == .connecting, s === stream else {
             s.close()
             return
@@ -137,7 +137,7 @@ final class LocalLink {
     }
 
     /// Takes over a connection accepted from a local client (source mode).
-    func adopt(_ s: Stream) {
+    func adopt(_ s: SocketStream) {
         guard state == .idle else {
             s.close()
             return

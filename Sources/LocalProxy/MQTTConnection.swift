@@ -57,7 +57,7 @@ public final class MQTTConnection {
     private let session: MQTTClientSession
     public var delegate: MQTTConnectionDelegate?
     private(set) var state = State.idle
-    private var socket: Stream? = nil
+    private var socket: SocketStream? = nil
     private var engine: TLSEngine? = nil
     private let timer: Timer
     /// Decrypted bytes are handed to the session from here, one read at a time.
@@ -109,7 +109,7 @@ public final class MQTTConnection {
         }
     }
 
-    private func startTLS(_ stream: Stream) {
+    private func startTLS(_ stream: SocketStream) {
         let tls: TLSEngine
         do {
             tls = try TLSEngine(configuration: tlsConfiguration, serverName: host, inputSize: 32 * 1024, outputSize: 32 * 1024)

@@ -110,7 +110,7 @@ public final class SourceRuntime: TunnelRuntime {
         logger.info("listening for \(serviceId.isEmpty ? "the tunnel" : "service \(serviceId)") on \(actual)")
     }
 
-    private func accept(_ stream: Stream, serviceId: String) {
+    private func accept(_ stream: SocketStream, serviceId: String) {
         guard let s = session, let index = serviceIndex[Bytewise(serviceId)], tunnel != nil else {
             logger.warning("refusing a local connection for \(serviceId.isEmpty ? "the tunnel" : serviceId) with a reset: the tunnel is not connected")
             stream.closeWithReset()

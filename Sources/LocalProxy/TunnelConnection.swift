@@ -111,7 +111,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
     static let controlQueueHardLimit = 4 * TunnelPipeline.controlQueueLimit
 
     private(set) var state = State.resolving
-    private var socket: Stream? = nil
+    private var socket: SocketStream? = nil
     private var pipeline: TunnelPipeline? = nil
     private var responseReader: WebSocketUpgradeResponseReader? = nil
     private var proxyReader: WebProxyAnswerReader? = nil
@@ -171,7 +171,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
     /// Sets up TLS (SNI and host check on the endpoint, also through a proxy) and reads the
     /// socket into its input ring. Through a web proxy the proxy's answer lands in that ring
     /// first: the answer reader consumes its head, and whatever follows stays for TLS.
-    private func startReading(_ stream: Stream) {
+    private func startReading(_ stream: SocketStream) {
         let engine: TLSEngine
         do {
             engine = try TLSEngine(configuration: tlsConfiguration, serverName: endpoint.host)

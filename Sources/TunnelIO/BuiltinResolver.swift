@@ -178,7 +178,7 @@ func readResolverFile(_ path: String, limit: Int) -> [UInt8]? {
 /// One query over TCP (RFC 1035 §4.2.2: each message behind a 2-byte length): connect, write,
 /// read the length, then exactly that many bytes into a buffer of that size.
 final class DNSOverTCP {
-    private let stream: Stream
+    private let stream: SocketStream
     private let server: SocketAddress
     private let outgoing: UnsafeMutableRawBufferPointer
     private let prefix = UnsafeMutableRawBufferPointer.allocate(byteCount: 2, alignment: 2)
@@ -189,7 +189,7 @@ final class DNSOverTCP {
 
     init(loop: EventLoop, server: SocketAddress, query: [UInt8]) {
         self.server = server
-        stream = Stream(loop: loop, kind: .tcp)
+        stream = SocketStream(loop: loop, kind: .tcp)
         outgoing = .allocate(byteCount: query.count + 2, alignment: 2)
         outgoing[0] = UInt8(query.count >> 8)
         outgoing[1] = UInt8(truncatingIfNeeded: query.count)

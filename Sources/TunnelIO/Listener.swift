@@ -2,7 +2,7 @@ import CLibUV
 
 /// A listening TCP socket.
 public final class Listener: Handle {
-    private var onConnection: ((Stream) -> Void)? = nil
+    private var onConnection: ((SocketStream) -> Void)? = nil
     private let loop: EventLoop
 
     public init(loop: EventLoop) {
@@ -15,14 +15,14 @@ public final class Listener: Handle {
     override func willClose() { onConnection = nil }
 
     /// Binds and listens; each accepted connection is handed to `onConnection`.
-    public func listen(on address: SocketAddress, backlog: Int32 = 128, _ onConnection: @escaping (Stream) -> Void) throws(UVError) {
+    public func listen(on address: SocketAddress, backlog: Int32 = 128, _ onConnection: @escaping (SocketStream) -> Void) throws(UVError) {
         self.onConnection = onConnection
         var status = address.withSockaddr { uv_tcp_bind(storage.assumingMemoryBound(to: uv_tcp_t.self), $0, 0) }
         if status != 0 { throw UVError(status, "binding \(address)") }
         status = uv_listen(storage.assumingMemoryBound(to: uv_stream_t.self), backlog) { server, status in
             let owner = Handle.owner(UnsafeMutableRawPointer(server!).assumingMemoryBound(to: uv_handle_t.self), as: Listener.self)
             guard status == 0 else { return }
-            let client = Stream(loop: owner.loop, kind: .tcp)
+            let client = SocketStream(loop: owner.loop, kind: .tcp)
             if uv_accept(server, client.stream) == 0 {
                 owner.onConnection?(client)
             } else {

@@ -21,7 +21,7 @@ final class TestDNSServer {
     private(set) var queries: [Query] = []
     var answer: (_ query: [UInt8], _ from: SocketAddress, _ server: TestDNSServer) -> Void = { _, _, _ in }
     private var listener: Listener? = nil
-    private var tcpClients: [TunnelIO.Stream] = []
+    private var tcpClients: [SocketStream] = []
 
     init(loop: EventLoop) throws {
         socket = Datagram(loop: loop)

@@ -24,7 +24,7 @@ struct TunnelIOTests {
     @Test func echoOverLoopback() throws {
         let loop = try EventLoop()
         let listener = Listener(loop: loop)
-        var server: Stream? = nil
+        var server: SocketStream? = nil
         let serverRing = try RingBuffer(minimumCapacity: 4096)
         try listener.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!) { client in
             server = client
@@ -49,7 +49,7 @@ struct TunnelIOTests {
         let port = try #require(listener.localAddress).port
         #expect(port != 0)
 
-        let client = Stream(loop: loop, kind: .tcp)
+        let client = SocketStream(loop: loop, kind: .tcp)
         var connected = false
         client.connect(to: SocketAddress(ip: "127.0.0.1", port: port)!) { error in
             #expect(error == nil)
@@ -99,10 +99,10 @@ struct TunnelIOTests {
     func closeWithResetIsSeenAsAResetNotAnEnd(reset: Bool) throws {
         let loop = try EventLoop()
         let listener = Listener(loop: loop)
-        var server: Stream? = nil
+        var server: SocketStream? = nil
         try listener.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!) { server = $0 }
         let port = try #require(listener.localAddress).port
-        let client = Stream(loop: loop, kind: .tcp)
+        let client = SocketStream(loop: loop, kind: .tcp)
         var connected = false
         client.connect(to: SocketAddress(ip: "127.0.0.1", port: port)!) { error in
             #expect(error == nil)
@@ -146,7 +146,7 @@ struct TunnelIOTests {
         probe.close()
         loop.runOnce(wait: false)
 
-        let stream = Stream(loop: loop, kind: .tcp)
+        let stream = SocketStream(loop: loop, kind: .tcp)
         var failure: UVError? = nil
         stream.connect(to: SocketAddress(ip: "127.0.0.1", port: port)!) { error in failure = error }
         run(loop, until: { failure != nil })
@@ -158,7 +158,7 @@ struct TunnelIOTests {
 
     @Test func unixSocketConnectFailureNamesThePath() throws {
         let loop = try EventLoop()
-        let stream = Stream(loop: loop, kind: .unixSocket)
+        let stream = SocketStream(loop: loop, kind: .unixSocket)
         var failure: UVError? = nil
         stream.connect(toPath: "/nonexistent/localproxy-test.sock") { error in failure = error }
         run(loop, until: { failure != nil })
@@ -216,7 +216,7 @@ struct TunnelIOTests {
         let listener = Listener(loop: loop)
         try listener.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!) { accepted in accepted.close() }
         let port = try #require(listener.localAddress).port
-        let stream = Stream(loop: loop, kind: .tcp)
+        let stream = SocketStream(loop: loop, kind: .tcp)
         var called = false
         // Closed before the loop runs, so the connect is still pending when the close starts.
         stream.connect(to: SocketAddress(ip: "127.0.0.1", port: port)!) { _ in called = true }

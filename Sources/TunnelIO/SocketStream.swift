@@ -8,7 +8,7 @@ import TunnelCore
 /// reported with `onRead`; writes are issued from spans the owner keeps valid until the write's
 /// completion runs. Reading stops (`stopReading`) when the owner has nowhere to put more bytes,
 /// which is how back-pressure reaches the peer: its TCP window fills up.
-public final class Stream: Handle {
+public final class SocketStream: Handle {
     public enum Kind { case tcp, unixSocket }
     public let kind: Kind
 
@@ -92,11 +92,11 @@ public final class Stream: Handle {
         guard !reading, !isClosing else { return }
         reading = true
         let status = uv_read_start(stream, { handle, _, buffer in
-            let owner = Handle.owner(handle, as: Stream.self)
+            let owner = Handle.owner(handle, as: SocketStream.self)
             let span = owner.allocate?() ?? UnsafeMutableRawBufferPointer(start: nil, count: 0)
             buffer!.pointee = uv_buf_init(span.baseAddress?.assumingMemoryBound(to: CChar.self), UInt32(span.count))
         }, { stream, nread, _ in
-            let owner = Handle.owner(UnsafeMutableRawPointer(stream!).assumingMemoryBound(to: uv_handle_t.self), as: Stream.self)
+            let owner = Handle.owner(UnsafeMutableRawPointer(stream!).assumingMemoryBound(to: uv_handle_t.self), as: SocketStream.self)
             if nread > 0 {
                 owner.onRead?(.success(nread))
             } else if nread < 0 {
