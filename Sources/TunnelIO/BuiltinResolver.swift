@@ -65,6 +65,9 @@ final class BuiltinResolver {
 
     /// Ends the lookup without calling its completion: its sockets and timer are closed.
     func cancel() {
+        // Closing the socket completes its pending sends with ECANCELED: a new generation makes
+        // those callbacks stale, or they would start the next try on a new socket.
+        generation += 1
         closeTransports()
         timer.close()
         completion = nil
