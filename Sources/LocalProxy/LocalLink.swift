@@ -42,6 +42,7 @@ final class LocalLink {
     let id: LocalConnectionID
     var owner: LocalLinkOwner?
     let loop: EventLoop
+    let resolver: Resolver
     let logger: Logger
     private(set) var state = State.idle
     private var stream: SocketStream? = nil
@@ -67,10 +68,11 @@ final class LocalLink {
     private var dataHeader: TunnelMessage? = nil
     private var endpointText = ""
 
-    init(id: LocalConnectionID, owner: LocalLinkOwner, loop: EventLoop, logger: Logger, maximumPayload: Int) throws(RingBufferError) {
+    init(id: LocalConnectionID, owner: LocalLinkOwner, loop: EventLoop, resolver: Resolver, logger: Logger, maximumPayload: Int) throws(RingBufferError) {
         self.id = id
         self.owner = owner
         self.loop = loop
+        self.resolver = resolver
         self.logger = logger
         createdAt = loop.now
         toLocal = try RingBuffer(minimumCapacity: 128 * 1024)
@@ -103,7 +105,7 @@ final class LocalLink {
             stream = s
             s.connect(toPath: path) { [self] error in connectFinished(s, error) }
         case .tcp(let host, let port):
-            Resolver.resolve(loop: loop, host: host, port: port) { [self] result in
+            resolver.resolve(loop: loop, host: host, port: port) { [self] result in
                 guard state == .connecting else { return }
                 switch result {
                 case .failure(let error):

@@ -25,8 +25,8 @@ public final class SourceRuntime: TunnelRuntime {
     private var lingering: [LocalConnectionID: Timer] = [:]
     private let runner = ActionRunner<SourceAction>()
 
-    public init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
-        super.init(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
+    public init(configuration: Configuration, logger: Logger, loop: EventLoop, resolver: Resolver, random: SecureRandom, tls: TLSConfiguration) {
+        super.init(configuration: configuration, logger: logger, loop: loop, resolver: resolver, random: random, tls: tls)
     }
 
     override func sessionOpened() {

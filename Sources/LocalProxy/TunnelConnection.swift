@@ -94,6 +94,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
 
     public let endpoint: TunnelEndpoint
     let loop: EventLoop
+    let resolver: Resolver
     let tlsConfiguration: TLSConfiguration
     let random: SecureRandom
     let logger: Logger
@@ -121,9 +122,10 @@ public final class TunnelConnection: TunnelPipelineHandler {
     private let pingTimer: Timer
     private var processing = false
 
-    public init(loop: EventLoop, endpoint: TunnelEndpoint, tls: TLSConfiguration, random: SecureRandom,
+    public init(loop: EventLoop, resolver: Resolver, endpoint: TunnelEndpoint, tls: TLSConfiguration, random: SecureRandom,
                 logger: Logger, pingIntervalMilliseconds: Int, pongTimeoutMilliseconds: Int = 0) {
         self.loop = loop
+        self.resolver = resolver
         self.endpoint = endpoint
         self.tlsConfiguration = tls
         self.random = random
@@ -151,7 +153,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
         }
         let host = endpoint.webProxy?.host ?? endpoint.host
         logger.debug("resolving \(host)")
-        Resolver.resolve(loop: loop, host: host, port: endpoint.webProxy?.port ?? endpoint.port) { [self] result in
+        resolver.resolve(loop: loop, host: host, port: endpoint.webProxy?.port ?? endpoint.port) { [self] result in
             guard state == .resolving else { return }
             switch result {
             case .success(let addresses):

@@ -21,9 +21,9 @@ final class BuiltinResolver {
     private var exchanges: [DNSOverTCP] = []
     /// Counts tries, so that callbacks of an earlier try's sockets are recognised and dropped.
     private var generation = 0
-    /// Lookups in flight, so that a stopping proxy can end them (`Resolver.cancelAll`) instead of
-    /// waiting out their timeouts (up to timeout × attempts × nameservers).
-    nonisolated(unsafe) static var inFlight: [BuiltinResolver] = []
+    /// The resolver that lists this lookup among those in flight (`Resolver.cancelAll`), until
+    /// the lookup finishes or is cancelled.
+    private var registry: Resolver? = nil
 
     private init(loop: EventLoop, host: String, port: UInt16, servers: [SocketAddress], lookup: DNSLookup,
                  completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
@@ -36,7 +36,8 @@ final class BuiltinResolver {
         timer = Timer(loop: loop)
     }
 
-    static func resolve(loop: EventLoop, host: String, port: UInt16, settings: BuiltinResolverSettings,
+    /// Starts a lookup; `registry`, when given, lists it among its lookups in flight.
+    static func resolve(loop: EventLoop, host: String, port: UInt16, settings: BuiltinResolverSettings, registry: Resolver? = nil,
                         _ completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
         let hosts = HostsFile(parsing: readResolverFile(settings.hostsPath, limit: BuiltinResolverSettings.hostsFileLimit) ?? [])
         let listed = hosts.addresses(for: host)
@@ -58,7 +59,10 @@ final class BuiltinResolver {
                                timeoutMilliseconds: settings.timeoutMilliseconds ?? UInt64(configuration.timeoutSeconds) * 1000,
                                nextID: randomQueryID)
         let resolver = BuiltinResolver(loop: loop, host: host, port: port, servers: servers, lookup: lookup, completion: completion)
-        inFlight.append(resolver)
+        if let registry {
+            resolver.registry = registry
+            registry.inFlight.append(resolver)
+        }
         let first = resolver.lookup.start()
         resolver.perform(first)
     }
@@ -71,7 +75,12 @@ final class BuiltinResolver {
         closeTransports()
         timer.close()
         completion = nil
-        BuiltinResolver.inFlight.removeAll { $0 === self }
+        leaveRegistry()
+    }
+
+    private func leaveRegistry() {
+        registry?.inFlight.removeAll { $0 === self }
+        registry = nil
     }
 
     /// Carries out what the lookup asks for.
@@ -95,7 +104,7 @@ final class BuiltinResolver {
         case .finished(let result):
             closeTransports()
             timer.close()
-            BuiltinResolver.inFlight.removeAll { $0 === self }
+            leaveRegistry()
             let done = completion
             completion = nil
             switch result {

@@ -325,6 +325,36 @@ struct DNSResolverTests {
         finish(loop)
     }
 
+    // Each owner (a runtime, an agent session) has its own Resolver: cancelling one ends its
+    // lookups at once, handles and all, and leaves another's to finish.
+    @Test func cancelAllEndsOnlyThatResolversLookups() throws {
+        let loop = try EventLoop()
+        let server = try TestDNSServer(loop: loop)
+        server.answer = { query, from, server in
+            // Only the second resolver's name is answered; the first one's would wait 10 s.
+            if TestDNSServer.describe(query).name == "kept.test" {
+                server.send(dnsReply(to: query, addresses: [[127, 0, 0, 5]]), to: from)
+            }
+        }
+        let files = try ResolverFiles(resolvConf: "nameserver 127.0.0.1\n")
+        defer { files.remove() }
+        let cancelled = Resolver(mode: .builtin, builtinSettings: files.settings(port: server.port, timeoutMilliseconds: 10_000))
+        let kept = Resolver(mode: .builtin, builtinSettings: files.settings(port: server.port))
+        var cancelledResult: Result<[SocketAddress], UVError>? = nil
+        var keptResult: Result<[SocketAddress], UVError>? = nil
+        cancelled.resolve(loop: loop, host: "cancelled.test", port: 1) { cancelledResult = $0 }
+        kept.resolve(loop: loop, host: "kept.test", port: 2) { keptResult = $0 }
+        #expect(cancelled.inFlight.count == 1 && kept.inFlight.count == 1)
+        cancelled.cancelAll()
+        #expect(cancelled.inFlight.isEmpty && kept.inFlight.count == 1)
+        run(loop, until: { keptResult != nil })
+        #expect(try keptResult?.get().map { $0.description } == ["127.0.0.5:2"])
+        #expect(cancelledResult == nil)
+        #expect(kept.inFlight.isEmpty)
+        server.close()
+        finish(loop)
+    }
+
     @Test func invalidNamesFailAtOnce() throws {
         let loop = try EventLoop()
         let files = try ResolverFiles(resolvConf: "nameserver 127.0.0.1\n")

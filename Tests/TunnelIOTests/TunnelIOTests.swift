@@ -191,13 +191,14 @@ struct TunnelIOTests {
     @Test func resolvesLocalhostAsynchronously() throws {
         let loop = try EventLoop()
         var result: Result<[SocketAddress], UVError>? = nil
-        Resolver.resolve(loop: loop, host: "localhost", port: 443) { result = $0 }
+        let resolver = Resolver()
+        resolver.resolve(loop: loop, host: "localhost", port: 443) { result = $0 }
         run(loop, until: { result != nil })
         let addresses = try #require(try? result?.get())
         #expect(addresses.contains { $0.description == "127.0.0.1:443" || $0.description == "[::1]:443" })
 
         var failed: UVError? = nil
-        Resolver.resolve(loop: loop, host: "no-such-host.invalid", port: 443) { r in
+        resolver.resolve(loop: loop, host: "no-such-host.invalid", port: 443) { r in
             if case .failure(let e) = r { failed = e }
         }
         run(loop, until: { failed != nil })
