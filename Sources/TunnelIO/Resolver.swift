@@ -54,6 +54,7 @@ public final class Resolver {
     /// `defaultMode`, and not the mode of any instance.
     public static var mode: ResolverMode { defaultMode }
 
+    /// How this resolver's lookups are done (`--dns`).
     public var mode: ResolverMode
     /// The built-in resolver's files and port.
     public var builtinSettings: BuiltinResolverSettings
