@@ -1,4 +1,5 @@
 import CLibUV
+import TunnelCore
 
 // The file operations of the program (configuration, token and resolver files, the
 // configuration directory), with libuv's synchronous calls: no loop is needed, and the callers
