@@ -1,24 +1,41 @@
 # localproxy: the one entry point. Every target runs on a fresh Debian 12 machine as root.
-#   make deps      install Debian packages and the Python test peers (.venv/)
-#   make build     host build (full Swift, SwiftPM)
-#   make test      Swift tests + Python peer tests (installs deps first when missing)
+# Each public target is listed here (Tests/Peers/test_makefile.py keeps this list complete);
+# docs/BUILDING.md explains the builds.
+#
+# Setting up
+#   make deps      install Debian packages and the Python test peers (.venv/): make deps-apt and make venv
+#   make deps-apt  the Debian packages alone;  make venv  the Python venv alone
+#   make deps-cross  the cross-compilers, ARM libraries and qemu-user for the ARM builds
+# Building
+#   make all, make build  host build (full Swift, SwiftPM)
 #   make embedded  the device binary in Embedded Swift: ARCH=x86_64|aarch64|armv7 LINK=dynamic|static|fullstatic
+#   make cross     both ARM device binaries
+#   make libuv, make mbedtls  the device builds' libuv and minimal mbedTLS for ARCH (from Debian's sources)
+#   make swift-sdk, make sdk-build ARCH=..., make sdk-build-all  the Swift SDK bundle of cross/ and SwiftPM builds with it
+#   make clean     remove every build directory
+# Testing
+#   make test      Swift tests + Python peer tests (installs deps first when missing): make test-swift and make test-peers
 #   make test-embedded  TLS, record-cipher and agent (MQTT) peer tests with the Embedded x86_64 static build
-#   make cross     both ARM device binaries (make deps-cross installs the cross packages)
-#   make footprint armv7 static and fully static builds against their size budgets
+#   make test-cross  the ARM builds under qemu: AEAD paths, destination and agent end to end, TLS interop
+#   make test-asan  Swift tests + peer tests with the host build under ASan (+UBSan on the C shims)
+#   make test-valgrind  whole-tunnel peer tests with the Embedded x86_64 static build under valgrind
+#   make test-faults  fault-injection matrix: whole tunnels with a fault proxy on every leg (Tests/Peers/test_faults.py)
+#   make test-packaging  the packaging tests alone: init scripts against the emulator, unit and script linters, the amd64 .deb
+#   make fuzz      libFuzzer on every parser, FUZZ_SECONDS each; make fuzz-replay: seeds + regressions
+#   make soak MINUTES=N  connections opening and closing through faults and forced reconnects; checksums, RSS, fds
+#   make check-abi ARCH=..., make check-abi-all  the C ABI guard of the device builds (cross/abi.mk)
+#   make footprint armv7 static and fully static builds against their size budgets; make footprint-check: what is built
+# Running and measuring
 #   make demo      the whole tunnel on this machine: emulator, AWS CLI, both proxies, SSH
 #                  (MQTT=1: the device side in agent mode, its tokens from a local mosquitto)
 #   make bench     throughput harness: our builds (and BASELINE_LOCALPROXY=path) side by side
 #   make bench-tools  the harness's relay and cipher-ceiling tools (.build-bench/)
-#   make test-asan  Swift tests + peer tests with the host build under ASan (+UBSan on the C shims)
-#   make test-valgrind  whole-tunnel peer tests with the Embedded x86_64 static build under valgrind
-#   make fuzz      libFuzzer on every parser, FUZZ_SECONDS each; make fuzz-replay: seeds + regressions
-#   make test-faults  fault-injection matrix: whole tunnels with a fault proxy on every leg (Tests/Peers/test_faults.py)
-#   make soak MINUTES=N  connections opening and closing through faults and forced reconnects; checksums, RSS, fds
+#   make aead-counts  instructions per MB of each AEAD on armv7 and aarch64 under qemu (docs/CRYPTO.md)
+# Packaging
 #   make install   the device layout (docs/GATEWAY.md): DESTDIR=, PREFIX= (/usr), BIN= (default: the Embedded static build of this machine)
 #   make deb       the Debian package of ARCH=amd64|arm64|armhf in .build-deb/ (builds the Embedded static binary if needed)
 #   make deb-check dpkg-deb and lintian checks of the .debs of DEB_CHECK_ARCHES (amd64 arm64 armhf)
-#   make test-packaging  the packaging tests alone: init scripts against the emulator, unit and script linters, the amd64 .deb
+# Internal (called by the targets above): aead-counts-arch
 
 SHELL        := /bin/bash
 SWIFT        ?= swift
@@ -42,7 +59,7 @@ PEERS        := Tests/Peers
 #   ARCH = x86_64 | aarch64 | armv7      LINK = dynamic | static | fullstatic
 # static (default): libuv and mbedTLS linked in, glibc dynamic; fullstatic: everything static.
 # There is no Embedded stdlib for *-linux-gnu ARM triples: ARM builds use the bare-metal triples
-# with the Linux headers given to the C importer (design/BUILD.md), and clang links for Linux.
+# with the Linux headers given to the C importer (docs/BUILDING.md), and clang links for Linux.
 ARCH         ?= x86_64
 LINK         ?= static
 # The Debian names of the same architectures (make deb ARCH=amd64|arm64|armhf).
@@ -402,10 +419,12 @@ footprint-check:
 	  $$(ls .build-embedded/*-*/localproxy.stripped)
 
 # The ARM device binaries as the destination proxy of the end-to-end tests, under qemu-user:
-# V3 connections, transfers with equal sha256, reconnects, a slow local consumer, TLS interop
-# with openssl s_server; and the armv7 fully static binary (built-in resolver) against a real
-# nameserver and the same destination tests.
-CROSS_TESTS := simultaneous_v3 or big_transfer or dropping_tcp or slow_local_consumer or close_frame_from_service or signal_closes
+# the tests of test_destination.py marked `cross` (V3 connections, transfers with equal sha256,
+# reconnects, a slow local consumer, close frames and signals), TLS interop with openssl
+# s_server, the agent against mosquitto; and the armv7 fully static binary (built-in resolver)
+# against a real nameserver and the same destination tests. --strict-markers: a misspelt mark
+# is an error, not an empty selection.
+CROSS_SELECT := --strict-markers -m cross
 CROSS_ENV    = LOCALPROXY=$(CURDIR)/scripts/qemu-localproxy LP_E2E_BIG_MIB=32
 test-cross: cross venv bench-tools
 	$(MAKE) embedded ARCH=armv7 LINK=fullstatic
@@ -431,14 +450,14 @@ test-cross: cross venv bench-tools
 	  && echo "$$out" | grep -qF "ChaCha20-Poly1305 (Nettle 3.8.1 (ChaCha20 Advanced SIMD" \
 	  || { echo "aarch64 aead-selftest on cortex-a53: expected Nettle's AES-GCM and ChaCha20:"; echo "$$out"; exit 1; }
 	for arch in aarch64 armv7; do \
-	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_destination.py -k "$(CROSS_TESTS)" || exit 1; \
+	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(CROSS_SELECT) $(PEERS)/test_destination.py || exit 1; \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_tls_interop.py || exit 1; \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_mqtt_agent.py || exit 1; \
 	done
 	@# The checksummed record-cipher transfers on the ARM build with an accelerated AEAD, both paths.
 	LP_CROSS_ARCH=aarch64 $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_record_ciphers.py
-	LP_CROSS_ARCH=armv7 LP_CROSS_LINK=fullstatic $(CROSS_ENV) \
-	  $(VENV)/bin/pytest -q $(PEERS)/test_dns_resolver.py $(PEERS)/test_destination.py -k "dns or $(CROSS_TESTS)"
+	LP_CROSS_ARCH=armv7 LP_CROSS_LINK=fullstatic $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_dns_resolver.py
+	LP_CROSS_ARCH=armv7 LP_CROSS_LINK=fullstatic $(CROSS_ENV) $(VENV)/bin/pytest -q $(CROSS_SELECT) $(PEERS)/test_destination.py
 	@# The throughput harness with an emulated ARM build as both proxies (its figures are
 	@# labelled emulated): correctness of the harness under qemu, not speed.
 	LP_CROSS_ARCH=armv7 LOCALPROXY=$(CURDIR)/scripts/qemu-localproxy BENCH_TOOLS=$(CURDIR)/$(BENCH_DIR) \
@@ -575,7 +594,7 @@ $(DEB_BIN): $(wildcard Sources/*/*.swift Sources/*/*.h) | $(if $(filter x86_64,$
 	$(MAKE) embedded ARCH=$(ARCH) LINK=static
 
 deb-check: venv
-	LP_DEB_ARCHES="$(DEB_CHECK_ARCHES)" $(VENV)/bin/pytest -q $(PEERS)/test_packaging.py -k deb_file
+	LP_DEB_ARCHES="$(DEB_CHECK_ARCHES)" $(VENV)/bin/pytest -q --strict-markers -m deb_file $(PEERS)/test_packaging.py
 
 test-packaging: deps
 	$(SWIFT) build --product localproxy
@@ -627,7 +646,6 @@ test-asan: deps bench-tools
 # without DWARF). The emulator is test-asan's ASan build of tunnel-service, so nothing is built
 # in .build and the emulator's reports are checked too. Reports as for test-asan. valgrind is
 # not in a fresh Debian 12: deps-apt installs it for this target.
-VALGRIND_TESTS := test_whole_tunnel or dropping_tcp or close_frame_from_service or signal_closes
 test-valgrind: REPORTS := .build-embedded/valgrind-reports
 test-valgrind: APT_PACKAGES += valgrind
 test-valgrind: deps bench-tools
@@ -636,7 +654,10 @@ test-valgrind: deps bench-tools
 	$(SWIFT) build $(ASAN_SWIFT) --product tunnel-service
 	rm -rf $(REPORTS) && mkdir -p $(REPORTS)
 	$(SANITIZER_ENV) LOCALPROXY=$(CURDIR)/scripts/valgrind-localproxy TUNNEL_SERVICE=$(ASAN_BIN)/tunnel-service \
-	  $(VENV)/bin/pytest -q $(PEERS)/test_whole_tunnel.py $(PEERS)/test_destination.py -k "$(VALGRIND_TESTS)" \
+	  $(VENV)/bin/pytest -q $(PEERS)/test_whole_tunnel.py \
+	  || { scripts/sanitizer-reports $(REPORTS); exit 1; }
+	$(SANITIZER_ENV) LOCALPROXY=$(CURDIR)/scripts/valgrind-localproxy TUNNEL_SERVICE=$(ASAN_BIN)/tunnel-service \
+	  $(VENV)/bin/pytest -q --strict-markers -m valgrind $(PEERS)/test_destination.py \
 	  || { scripts/sanitizer-reports $(REPORTS); exit 1; }
 	scripts/sanitizer-reports $(REPORTS)
 

@@ -202,7 +202,7 @@ def mqtt_seeds():
     seed(t, "trailing", mqtt_packet(0x10, mqtt_text("MQTT") + b"\x04\x02\x00\x3c" + mqtt_text("gw1") + b"\xff"))
 
 
-# --- The upgrade response the proxy reads (PROTOCOL.md §3) --------------------------------------
+# --- The upgrade response the proxy reads (docs/PROTOCOL.md §3) ---------------------------------
 
 # Sec-WebSocket-Accept for the key base64("the sample nonce") (RFC 6455 §1.3), which
 # Fuzz/Targets/upgrade-response.swift sends.
@@ -405,7 +405,7 @@ def upgrade_request_seeds():
     seed(t, "then-frames", upgrade_request().encode() + frame(0x2, b"early", key=RFC_KEY))
 
 
-# --- A web proxy's answer to CONNECT, a proxy URL, a no_proxy list (PROTOCOL.md §2.3) ------------
+# --- A web proxy's answer to CONNECT, a proxy URL, a no_proxy list (docs/PROTOCOL.md §2.3) -------
 
 
 def web_proxy_seeds():

@@ -1,6 +1,7 @@
 /// Fuzz target `config-file`: the `--config` file format and everything the settings in it go
-/// through (ConfigurationParser in Sources/LocalProxy/Configuration.swift): option names and
-/// values, endpoints, `-d`/`-s` mappings, numbers, tokens, and the `--config-dir` line format.
+/// through (ConfigurationParser in Sources/LocalProxy/Configuration.swift, its option table in
+/// Sources/LocalProxy/CommandLineOptions.swift): option names and values, endpoints, `-d`/`-s`
+/// mappings, numbers, tokens, and the `--config-dir` line format.
 ///
 /// The input is the text of the `--config` file, optionally followed by a NUL byte and the text
 /// that every other file read returns (the `--config-dir` file and an `--access-token-file`).

@@ -2,7 +2,7 @@ import TunnelCore
 import TunnelIO
 
 /// Everything a run needs, resolved from the command line, `--config` file and environment
-/// (in that order of precedence; PROTOCOL.md §15).
+/// (in that order of precedence; docs/PROTOCOL.md §15).
 public struct Configuration {
     public var mode: TunnelMode = .destination
     public var endpointHost = ""
@@ -108,59 +108,20 @@ public struct ConfigurationError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// One option of the command line (and of `--config` files, which use the long names).
-struct OptionSpec {
-    let short: String?
-    let long: String
-    let takesValue: Bool
-}
-
 // The parser cuts and compares text as UTF-8 bytes (TunnelCore/ByteText.swift), never through
-// `Character` or `String ==`, which would link the Unicode tables into the device binary.
+// `Character` or `String ==`, which would link the Unicode tables into the device binary. Its
+// loops run over `Array(text.utf8)` rather than `text.utf8`, whose iterator Embedded Swift inlines
+// into each loop (about 900 bytes on armv7), where the array is one shared call. The options
+// themselves, each with its handler and its `--help` text, are in CommandLineOptions.swift.
 public enum ConfigurationParser {
-    static let options: [OptionSpec] = [
-        OptionSpec(short: "h", long: "help", takesValue: false),
-        OptionSpec(short: "V", long: "version", takesValue: false),
-        OptionSpec(short: "t", long: "access-token", takesValue: true),
-        OptionSpec(short: nil, long: "access-token-file", takesValue: true),
-        OptionSpec(short: "i", long: "client-token", takesValue: true),
-        OptionSpec(short: "e", long: "proxy-endpoint", takesValue: true),
-        OptionSpec(short: "r", long: "region", takesValue: true),
-        OptionSpec(short: "s", long: "source-listen-port", takesValue: true),
-        OptionSpec(short: "d", long: "destination-app", takesValue: true),
-        OptionSpec(short: "b", long: "local-bind-address", takesValue: true),
-        OptionSpec(short: "c", long: "capath", takesValue: true),
-        OptionSpec(short: "k", long: "no-ssl-host-verify", takesValue: false),
-        OptionSpec(short: "m", long: "mode", takesValue: true),
-        OptionSpec(short: "y", long: "destination-client-type", takesValue: true),
-        OptionSpec(short: "v", long: "verbose", takesValue: true),
-        OptionSpec(short: nil, long: "config", takesValue: true),
-        OptionSpec(short: nil, long: "config-dir", takesValue: true),
-        OptionSpec(short: nil, long: "settings-json", takesValue: true),
-        OptionSpec(short: nil, long: "export-default-settings", takesValue: true),
-        OptionSpec(short: nil, long: "connect-retries", takesValue: true),
-        OptionSpec(short: nil, long: "connect-retry-delay-ms", takesValue: true),
-        OptionSpec(short: nil, long: "ping-interval-ms", takesValue: true),
-        OptionSpec(short: nil, long: "reconnect-delay-max-ms", takesValue: true),
-        OptionSpec(short: nil, long: "max-payload", takesValue: true),
-        OptionSpec(short: nil, long: "token-wait-ms", takesValue: true),
-        OptionSpec(short: nil, long: "half-close-linger-ms", takesValue: true),
-        OptionSpec(short: nil, long: "pong-timeout-ms", takesValue: true),
-        OptionSpec(short: nil, long: "stall-timeout-ms", takesValue: true),
-        OptionSpec(short: nil, long: "dns", takesValue: true),
-        OptionSpec(short: nil, long: "syslog", takesValue: false),
-        OptionSpec(short: nil, long: "log-format", takesValue: true),
-        OptionSpec(short: nil, long: "mqtt-endpoint", takesValue: true),
-        OptionSpec(short: nil, long: "thing-name", takesValue: true),
-        OptionSpec(short: nil, long: "cert", takesValue: true),
-        OptionSpec(short: nil, long: "key", takesValue: true),
-        OptionSpec(short: nil, long: "mqtt-client-id", takesValue: true),
-        OptionSpec(short: nil, long: "mqtt-keep-alive", takesValue: true),
-    ]
+    /// The place of the option named `long` in `options`.
+    static func index(long: String) -> Int? {
+        for (i, o) in options.enumerated() where o.long.bytesEqual(long) { return i }
+        return nil
+    }
 
     static func spec(long: String) -> OptionSpec? {
-        for o in options where o.long.bytesEqual(long) { return o }
-        return nil
+        index(long: long).map { options[$0] }
     }
 
     static func spec(short: String) -> OptionSpec? {
@@ -173,47 +134,48 @@ public enum ConfigurationParser {
         var out: [(String, String)] = []
         var i = 0
         while i < arguments.count {
-            let arg = arguments[i]
+            let (option, inline) = try parseOption(arguments[i], number: i + 1)
             i += 1
-            var spec: OptionSpec? = nil
-            var inline: String? = nil
-            if arg.hasBytePrefix("--") {
-                let body = arg.droppingBytes(2)
-                var name = body
-                if let parts = body.splitOnce(at: 0x3D) {
-                    name = parts.before
-                    inline = parts.after
-                }
-                spec = Self.spec(long: name)
-                if spec == nil { throw ConfigurationError("unknown option --\(name) (see --help)") }
-            } else if arg.hasBytePrefix("-") && arg.utf8.count >= 2 {
-                // The letter is the character after '-': its lead byte and continuation bytes.
-                let bytes = Array(arg.utf8)
-                var end = 2
-                while end < bytes.count && bytes[end] & 0xC0 == 0x80 { end += 1 }
-                let letter = String(decoding: bytes[1..<end], as: UTF8.self)
-                spec = Self.spec(short: letter)
-                if spec == nil { throw ConfigurationError("unknown option -\(letter) (see --help)") }
-                if end < bytes.count { inline = String(decoding: bytes[end...], as: UTF8.self) }
+            let long = option.long
+            if !option.takesValue {
+                if inline != nil { throw ConfigurationError("option --\(long) takes no value") }
+                out.append((long, ""))
+            } else if let inline {
+                out.append((long, inline))
             } else {
-                // Not echoed: a stray argument is often a token whose option was forgotten.
-                throw ConfigurationError("unexpected argument number \(i) (\(arg.utf8.count) characters): options start with - or --; did an option before it lose its name? (see --help)")
-            }
-            let option = spec!
-            if option.takesValue {
-                if let inline {
-                    out.append((option.long, inline))
-                } else {
-                    guard i < arguments.count else { throw ConfigurationError("option --\(option.long) needs a value") }
-                    out.append((option.long, arguments[i]))
-                    i += 1
-                }
-            } else {
-                if inline != nil { throw ConfigurationError("option --\(option.long) takes no value") }
-                out.append((option.long, ""))
+                guard i < arguments.count else { throw ConfigurationError("option --\(long) needs a value") }
+                out.append((long, arguments[i]))
+                i += 1
             }
         }
         return out
+    }
+
+    /// The option an argument names (`--long`, `--long=VALUE`, `-x`, `-xVALUE`) and the value
+    /// written into the argument, if any; `number` counts arguments from 1, for the error
+    /// about an argument that is no option.
+    static func parseOption(_ argument: String, number: Int) throws(ConfigurationError) -> (OptionSpec, inline: String?) {
+        if argument.hasBytePrefix("--") {
+            var name = argument.droppingBytes(2)
+            var inline: String? = nil
+            if let parts = name.splitOnce(at: 0x3D) {
+                name = parts.before
+                inline = parts.after
+            }
+            guard let option = spec(long: name) else { throw ConfigurationError("unknown option --\(name) (see --help)") }
+            return (option, inline)
+        }
+        let bytes = Array(argument.utf8)
+        guard bytes.count >= 2 && bytes[0] == 0x2D else {
+            // Not echoed: a stray argument is often a token whose option was forgotten.
+            throw ConfigurationError("unexpected argument number \(number) (\(bytes.count) characters): options start with - or --; did an option before it lose its name? (see --help)")
+        }
+        // The letter is the character after '-': its lead byte and continuation bytes.
+        var end = 2
+        while end < bytes.count && bytes[end] & 0xC0 == 0x80 { end += 1 }
+        let letter = utf8Text(bytes[1..<end])
+        guard let option = spec(short: letter) else { throw ConfigurationError("unknown option -\(letter) (see --help)") }
+        return (option, end < bytes.count ? utf8Text(bytes[end...]) : nil)
     }
 
     /// Parses `long-option = value` lines (blank lines and `#` comments ignored).
@@ -248,6 +210,11 @@ public enum ConfigurationParser {
 
     /// Parses a command line. `environment` and `readFile` give access to the system (tests pass
     /// their own).
+    ///
+    /// `--help` and `--version` win wherever they are. Otherwise the `--config` files' values
+    /// come first and the command line's after them, the last value of an option wins, and each
+    /// option's handler (`options`) applies it; then the `resolve` steps settle what depends on
+    /// several options and on the environment.
     public static func parse(
         _ arguments: [String],
         environment: (String) -> String? = SystemAccess.environment,
@@ -260,198 +227,32 @@ public enum ConfigurationParser {
             if name.bytesEqual("help") { return .help }
             if name.bytesEqual("version") { return .version }
         }
-        // The config file's values come first so that command-line values override them.
         var settings: [(String, String)] = []
+        var configFile: String? = nil
         for (name, value) in commandLine where name.bytesEqual("config") {
             settings += try parseConfigFile(try readFile(value), path: value)
+            configFile = value
         }
         settings += commandLine.filter { !$0.0.bytesEqual("config") }
-        func last(_ name: String) -> String? {
-            var found: String? = nil
-            for (n, v) in settings where n.bytesEqual(name) { found = v }
-            return found
-        }
-        func has(_ name: String) -> Bool { last(name) != nil }
 
-        var c = Configuration()
-        if has("settings-json") || has("export-default-settings") {
-            throw ConfigurationError("--settings-json and --export-default-settings are not supported: the settings they carry are options here (see --help)")
-        }
-
-        if let v = last("verbose") {
-            guard let n = parseInt(v), n >= 0 && n <= 6 else { throw ConfigurationError("--verbose must be 0 to 6, got '\(v)'") }
-            c.verbosity = n
-        }
-
-        switch last("log-format").map({ Bytewise($0) }) {
-        case nil, "text": break
-        case "json": c.logFormat = .json
-        case let other?: throw ConfigurationError("--log-format must be text or json, got '\(other.text)'")
-        }
-        if has("syslog") { c.systemLogPath = environment("LOCALPROXY_SYSLOG_SOCKET") ?? "/dev/log" }
-
-        // Mode, from -m or from which of -s/-d is present.
-        var mode: TunnelMode? = nil
-        if let m = last("mode") {
-            switch Bytewise(m) {
-            case "src", "source": mode = .source
-            case "dst", "destination": mode = .destination
-            default: throw ConfigurationError("--mode must be source (src) or destination (dst), got '\(m)'")
-            }
-        }
-        let agentMode = has("mqtt-endpoint")
-        if agentMode {
-            if mode == .source || has("source-listen-port") {
-                throw ConfigurationError("--mqtt-endpoint (agent mode) serves the device side: leave out -s/--source-listen-port and --mode source")
-            }
-            mode = .destination
+        var o = OptionValues()
+        try applyLastValues(settings, to: &o)
+        try resolveMode(&o)
+        try resolveEndpoint(&o, environment: environment)
+        if o.agent.endpoint != nil {
+            try resolveAgent(&o, environment: environment, fileStatus: fileStatus, userId: userId)
         } else {
-            for name in ["thing-name", "cert", "key", "mqtt-client-id", "mqtt-keep-alive"] where has(name) {
-                throw ConfigurationError("--\(name) is for agent mode: give --mqtt-endpoint HOST[:PORT] too (see --help)")
-            }
+            // A token from a --config file is a secret of that file, as one of a token file.
+            let tokenFile = commandLine.contains { $0.0.bytesEqual("access-token") } ? nil : configFile
+            try resolveToken(&o, configFile: tokenFile, environment: environment, readFile: readFile,
+                             fileStatus: fileStatus, userId: userId)
+            try resolveClientToken(&o, environment: environment)
         }
-        if has("source-listen-port") && has("destination-app") {
-            throw ConfigurationError("give either -s/--source-listen-port (source mode) or -d/--destination-app (destination mode), not both")
-        }
-        if has("source-listen-port") {
-            if mode == .destination { throw ConfigurationError("-s/--source-listen-port contradicts --mode destination") }
-            mode = .source
-        }
-        if has("destination-app") {
-            if mode == .source { throw ConfigurationError("-d/--destination-app contradicts --mode source") }
-            mode = .destination
-        }
-        guard let resolvedMode = mode else {
-            throw ConfigurationError("say which end this is: -d/--destination-app for the device, -s/--source-listen-port for the source, or -m/--mode")
-        }
-        c.mode = resolvedMode
-        c.bindAddress = last("local-bind-address")
-        if c.bindAddress?.isEmpty == true {
-            throw ConfigurationError("-b/--local-bind-address needs an address, e.g. -b 127.0.0.1 (leave it out for the default)")
-        }
-        c.configDirectory = last("config-dir")
-
-        // Endpoint: exactly one of -e and -r (the environment fills in when neither is given).
-        let endpoint = last("proxy-endpoint")
-        let region = last("region")
-        if endpoint != nil && region != nil {
-            throw ConfigurationError("give either -e/--proxy-endpoint or -r/--region, not both")
-        }
-        if let e = endpoint ?? (region == nil ? environment("AWSIOT_TUNNEL_ENDPOINT") : nil) {
-            (c.endpointHost, c.endpointPort) = try parseEndpoint(e)
-        } else if let r = region ?? environment("AWSIOT_TUNNEL_REGION") {
-            c.endpointHost = try endpointHost(forRegion: r)
-        } else if !agentMode {
-            throw ConfigurationError("no tunnel endpoint: give -r/--region (e.g. -r us-east-1) or -e/--proxy-endpoint HOST[:PORT]")
-        }
-        // In agent mode without -e/-r, each notification's region names the endpoint.
-
-        // Access token: -t, then --access-token-file, then the environment; in agent mode, none.
-        if agentMode {
-            if has("access-token") || has("access-token-file") {
-                throw ConfigurationError("agent mode (--mqtt-endpoint) takes each access token from the MQTT notification: leave out -t/--access-token and --access-token-file")
-            }
-            if has("client-token") {
-                throw ConfigurationError("agent mode (--mqtt-endpoint) makes a client token for each tunnel: leave out -i/--client-token")
-            }
-            if environment("AWSIOT_TUNNEL_ACCESS_TOKEN") != nil {
-                c.warnings.append("AWSIOT_TUNNEL_ACCESS_TOKEN is ignored in agent mode: the access tokens come from the MQTT notifications")
-            }
-            c.agent = try parseAgent(last, fileStatus: fileStatus, userId: userId)
-        } else if let t = last("access-token") {
-            c.accessToken = t
-            if commandLine.contains(where: { $0.0.bytesEqual("access-token") }) {
-                c.accessTokenSource = "the command line"
-                c.warnings.append("the access token was given on the command line, where other users can see it in the process list: prefer AWSIOT_TUNNEL_ACCESS_TOKEN or --access-token-file")
-            } else {
-                let file = commandLine.last(where: { $0.0.bytesEqual("config") })?.1 ?? ""
-                c.accessTokenSource = file
-                // A --config file holding the token is a secret like a token file.
-                guard let status = fileStatus(file) else {
-                    throw ConfigurationError("cannot examine --config \(file), which holds access-token")
-                }
-                if let problem = status.problem(path: file, holding: "access-token", user: userId) {
-                    throw ConfigurationError("--config \(problem)")
-                }
-            }
-        } else if let file = last("access-token-file") {
-            guard let status = fileStatus(file) else {
-                throw ConfigurationError("cannot read --access-token-file \(file): no such file or no permission")
-            }
-            if let problem = status.problem(path: file, holding: "the access token", user: userId) {
-                throw ConfigurationError("--access-token-file \(problem)")
-            }
-            c.accessToken = trim(try readFile(file))
-            c.accessTokenSource = file
-            c.accessTokenFile = file
-        } else if let t = environment("AWSIOT_TUNNEL_ACCESS_TOKEN") {
-            c.accessToken = t
-            c.accessTokenSource = "AWSIOT_TUNNEL_ACCESS_TOKEN"
-        }
-        if c.accessToken.isEmpty && !agentMode {
-            throw ConfigurationError("no access token: set AWSIOT_TUNNEL_ACCESS_TOKEN, or use --access-token-file FILE or -t TOKEN")
-        }
-        if !agentMode, let problem = accessTokenProblem(c.accessToken) { throw ConfigurationError(problem) }
-
-        if !agentMode, let token = last("client-token") ?? environment("AWSIOT_TUNNEL_CLIENT_TOKEN") {
-            guard isValidClientToken(token) else {
-                throw ConfigurationError("the client token must be 32 to 128 characters of letters, digits and '-' (a UUID works)")
-            }
-            c.clientToken = token
-        }
-
-        if let paths = last("capath") {
-            for p in paths.splitBytes(at: 0x2C) { c.trustPaths.append(trim(p)) }
-        }
-        if has("no-ssl-host-verify") { c.verifyCertificates = false }
-
-        if let t = last("destination-client-type") {
-            switch Bytewise(t) {
-            case "V1", "v1": c.destinationClientType = .v1
-            case "V2", "v2": c.destinationClientType = .v2
-            case "V3", "v3": c.destinationClientType = .v3
-            default: throw ConfigurationError("--destination-client-type must be V1, V2 or V3, got '\(t)'")
-            }
-        }
-
-        c.connectRetries = try intOption(last("connect-retries"), "connect-retries", 0...1000, c.connectRetries)
-        c.connectRetryDelayMilliseconds = try intOption(last("connect-retry-delay-ms"), "connect-retry-delay-ms", 1...600_000, c.connectRetryDelayMilliseconds)
-        c.pingIntervalMilliseconds = try intOption(last("ping-interval-ms"), "ping-interval-ms", 100...3_600_000, c.pingIntervalMilliseconds)
-        c.reconnectDelayMaximumMilliseconds = try intOption(last("reconnect-delay-max-ms"), "reconnect-delay-max-ms", 1...3_600_000, c.reconnectDelayMaximumMilliseconds)
-        c.maximumPayload = try intOption(last("max-payload"), "max-payload", 1...TunnelMessage.maximumPayloadLength, c.maximumPayload)
-        c.tokenWaitMilliseconds = try intOption(last("token-wait-ms"), "token-wait-ms", 0...86_400_000, c.tokenWaitMilliseconds)
-        c.halfCloseLingerMilliseconds = try intOption(last("half-close-linger-ms"), "half-close-linger-ms", 0...3_600_000, c.halfCloseLingerMilliseconds)
-        c.stallTimeoutMilliseconds = try intOption(last("stall-timeout-ms"), "stall-timeout-ms", 0...86_400_000, c.stallTimeoutMilliseconds)
-        if let text = last("pong-timeout-ms") {
-            let value = try intOption(text, "pong-timeout-ms", 0...86_400_000, 0)
-            if value != 0 && value <= c.pingIntervalMilliseconds {
-                throw ConfigurationError("--pong-timeout-ms (\(value)) must be longer than --ping-interval-ms (\(c.pingIntervalMilliseconds)), or 0 to turn the check off")
-            }
-            c.pongTimeoutMilliseconds = value
-        }
-        try parseNameResolution(last("dns"), environment: environment, into: &c)
-        try parseWebProxy(environment: environment, into: &c)
-
-        switch c.mode {
-        case .destination:
-            if let d = last("destination-app") {
-                c.destinationMappings = try parseDestinationMappings(d, defaultHost: c.bindAddress ?? "127.0.0.1")
-            } else if let dir = c.configDirectory {
-                c.destinationMappings = try mappingsFromDirectory(dir, defaultHost: c.bindAddress ?? "127.0.0.1", readFile: readFile)
-            }
-            if c.destinationMappings.isEmpty {
-                throw ConfigurationError("destination mode needs -d/--destination-app, e.g. -d 22 or -d SSH=22,HTTP=localhost:80")
-            }
-        case .source:
-            guard let s = last("source-listen-port") else {
-                throw ConfigurationError("source mode needs -s/--source-listen-port, e.g. -s 5555 or -s SSH=5555,HTTP=8080")
-            }
-            c.sourceMappings = try parseSourceMappings(s)
-            if c.destinationClientType != nil && c.sourceMappings.count > 1 && c.destinationClientType == .v1 {
-                throw ConfigurationError("-y V1 destinations serve a single service: give one -s entry")
-            }
-        }
-        return .run(c)
+        try checkPongTimeout(o.configuration)
+        try resolveTestEnvironment(&o.configuration, environment: environment)
+        try parseWebProxy(environment: environment, into: &o.configuration)
+        try resolveMappings(&o, readFile: readFile)
+        return .run(o.configuration)
     }
 
     public static func defaultReadFile(_ path: String) throws(ConfigurationError) -> String {
@@ -462,63 +263,226 @@ public enum ConfigurationParser {
         }
     }
 
+    // MARK: Resolving what depends on several options
+
+    /// Runs each given option's handler once, with its last value, in the order of `options`.
+    static func applyLastValues(_ settings: [(String, String)], to o: inout OptionValues) throws(ConfigurationError) {
+        var last = [String?](repeating: nil, count: options.count)
+        for (name, value) in settings {
+            if let i = index(long: name) { last[i] = value }
+        }
+        for (i, value) in last.enumerated() {
+            if let value, let apply = options[i].apply { try apply(&o, value) }
+        }
+    }
+
+    /// The mode, from `-m` or from which of `-s`/`-d` is given; agent mode (`--mqtt-endpoint`)
+    /// serves the device side, and its companion options mean nothing without it.
+    static func resolveMode(_ o: inout OptionValues) throws(ConfigurationError) {
+        var mode = o.mode
+        if o.agent.endpoint != nil {
+            if mode == .source || o.sourcePorts != nil {
+                throw ConfigurationError("--mqtt-endpoint (agent mode) serves the device side: leave out -s/--source-listen-port and --mode source")
+            }
+            mode = .destination
+        } else if let name = o.agent.firstCompanion {
+            throw ConfigurationError("--\(name) is for agent mode: give --mqtt-endpoint HOST[:PORT] too (see --help)")
+        }
+        if o.sourcePorts != nil && o.destinationApp != nil {
+            throw ConfigurationError("give either -s/--source-listen-port (source mode) or -d/--destination-app (destination mode), not both")
+        }
+        if o.sourcePorts != nil {
+            if mode == .destination { throw ConfigurationError("-s/--source-listen-port contradicts --mode destination") }
+            mode = .source
+        }
+        if o.destinationApp != nil {
+            if mode == .source { throw ConfigurationError("-d/--destination-app contradicts --mode source") }
+            mode = .destination
+        }
+        guard let mode else {
+            throw ConfigurationError("say which end this is: -d/--destination-app for the device, -s/--source-listen-port for the source, or -m/--mode")
+        }
+        o.configuration.mode = mode
+    }
+
+    /// Exactly one of `-e` and `-r`; the environment fills in when neither is given. In agent
+    /// mode there may be none: each notification's region then names the endpoint.
+    static func resolveEndpoint(_ o: inout OptionValues, environment: (String) -> String?) throws(ConfigurationError) {
+        if o.endpoint != nil && o.region != nil {
+            throw ConfigurationError("give either -e/--proxy-endpoint or -r/--region, not both")
+        }
+        if let e = o.endpoint ?? (o.region == nil ? environment("AWSIOT_TUNNEL_ENDPOINT") : nil) {
+            (o.configuration.endpointHost, o.configuration.endpointPort) = try parseEndpoint(e)
+        } else if let r = o.region ?? environment("AWSIOT_TUNNEL_REGION") {
+            o.configuration.endpointHost = try endpointHost(forRegion: r)
+        } else if o.agent.endpoint == nil {
+            throw ConfigurationError("no tunnel endpoint: give -r/--region (e.g. -r us-east-1) or -e/--proxy-endpoint HOST[:PORT]")
+        }
+    }
+
+    /// The access token: `-t` (on the command line, or from the `--config` file `configFile`),
+    /// then `--access-token-file`, then the environment.
+    static func resolveToken(_ o: inout OptionValues, configFile: String?, environment: (String) -> String?,
+                             readFile: (String) throws(ConfigurationError) -> String,
+                             fileStatus: (String) -> FileStatus?, userId: UInt32) throws(ConfigurationError) {
+        if let t = o.accessToken {
+            o.configuration.accessToken = t
+            if let configFile {
+                o.configuration.accessTokenSource = configFile
+                try checkPrivateFile(configFile, option: "--config", holding: "access-token", fileStatus: fileStatus, userId: userId,
+                                     unreadable: "cannot examine --config \(configFile), which holds access-token")
+            } else {
+                o.configuration.accessTokenSource = "the command line"
+                o.configuration.warnings.append("the access token was given on the command line, where other users can see it in the process list: prefer AWSIOT_TUNNEL_ACCESS_TOKEN or --access-token-file")
+            }
+        } else if let file = o.accessTokenFile {
+            try checkPrivateFile(file, option: "--access-token-file", holding: "the access token", fileStatus: fileStatus, userId: userId,
+                                 unreadable: "cannot read --access-token-file \(file): no such file or no permission")
+            o.configuration.accessToken = trim(try readFile(file))
+            o.configuration.accessTokenSource = file
+            o.configuration.accessTokenFile = file
+        } else if let t = environment("AWSIOT_TUNNEL_ACCESS_TOKEN") {
+            o.configuration.accessToken = t
+            o.configuration.accessTokenSource = "AWSIOT_TUNNEL_ACCESS_TOKEN"
+        }
+        if o.configuration.accessToken.isEmpty {
+            throw ConfigurationError("no access token: set AWSIOT_TUNNEL_ACCESS_TOKEN, or use --access-token-file FILE or -t TOKEN")
+        }
+        if let problem = accessTokenProblem(o.configuration.accessToken) { throw ConfigurationError(problem) }
+    }
+
+    /// `-i`, else the environment's client token; none: the runtime makes one.
+    static func resolveClientToken(_ o: inout OptionValues, environment: (String) -> String?) throws(ConfigurationError) {
+        guard let token = o.clientToken ?? environment("AWSIOT_TUNNEL_CLIENT_TOKEN") else { return }
+        guard isValidClientToken(token) else {
+            throw ConfigurationError("the client token must be 32 to 128 characters of letters, digits and '-' (a UUID works)")
+        }
+        o.configuration.clientToken = token
+    }
+
+    /// Agent mode takes the access and client tokens from each notification, so none may be given.
+    static func resolveAgent(_ o: inout OptionValues, environment: (String) -> String?,
+                             fileStatus: (String) -> FileStatus?, userId: UInt32) throws(ConfigurationError) {
+        if o.accessToken != nil || o.accessTokenFile != nil {
+            throw ConfigurationError("agent mode (--mqtt-endpoint) takes each access token from the MQTT notification: leave out -t/--access-token and --access-token-file")
+        }
+        if o.clientToken != nil {
+            throw ConfigurationError("agent mode (--mqtt-endpoint) makes a client token for each tunnel: leave out -i/--client-token")
+        }
+        if environment("AWSIOT_TUNNEL_ACCESS_TOKEN") != nil {
+            o.configuration.warnings.append("AWSIOT_TUNNEL_ACCESS_TOKEN is ignored in agent mode: the access tokens come from the MQTT notifications")
+        }
+        o.configuration.agent = try agentSettings(o.agent, fileStatus: fileStatus, userId: userId)
+    }
+
+    /// A `--pong-timeout-ms` other than 0 must outlast the ping interval it waits on.
+    static func checkPongTimeout(_ c: Configuration) throws(ConfigurationError) {
+        guard let value = c.pongTimeoutMilliseconds, value != 0, value <= c.pingIntervalMilliseconds else { return }
+        throw ConfigurationError("--pong-timeout-ms (\(value)) must be longer than --ping-interval-ms (\(c.pingIntervalMilliseconds)), or 0 to turn the check off")
+    }
+
+    /// The environment variables meant for tests: LOCALPROXY_SYSLOG_SOCKET (for `--syslog`), and
+    /// the built-in resolver's LOCALPROXY_RESOLV_CONF, LOCALPROXY_HOSTS and LOCALPROXY_DNS_PORT.
+    static func resolveTestEnvironment(_ c: inout Configuration, environment: (String) -> String?) throws(ConfigurationError) {
+        if c.systemLogPath != nil, let socket = environment("LOCALPROXY_SYSLOG_SOCKET") { c.systemLogPath = socket }
+        c.resolvConfPath = environment("LOCALPROXY_RESOLV_CONF")
+        c.hostsPath = environment("LOCALPROXY_HOSTS")
+        if let p = environment("LOCALPROXY_DNS_PORT") {
+            guard let port = parsePort(trim(p)) else {
+                throw ConfigurationError("LOCALPROXY_DNS_PORT must be a port from 1 to 65535, got '\(p)'")
+            }
+            c.nameserverPort = port
+        }
+        let overridden = c.resolvConfPath != nil || c.hostsPath != nil || c.nameserverPort != nil
+        if overridden && (c.resolverMode ?? Resolver.mode) == .system {
+            c.warnings.append("LOCALPROXY_RESOLV_CONF, LOCALPROXY_HOSTS and LOCALPROXY_DNS_PORT apply to the built-in resolver only (--dns builtin)")
+        }
+    }
+
+    /// The mode's mappings: `-d` (else the `--config-dir` files) or `-s`, parsed now that the
+    /// mode and the `-b` host are known.
+    static func resolveMappings(_ o: inout OptionValues, readFile: (String) throws(ConfigurationError) -> String) throws(ConfigurationError) {
+        let defaultHost = o.configuration.bindAddress ?? "127.0.0.1"
+        switch o.configuration.mode {
+        case .destination:
+            if let d = o.destinationApp {
+                o.configuration.destinationMappings = try parseDestinationMappings(d, defaultHost: defaultHost)
+            } else if let dir = o.configuration.configDirectory {
+                o.configuration.destinationMappings = try mappingsFromDirectory(dir, defaultHost: defaultHost, readFile: readFile)
+            }
+            if o.configuration.destinationMappings.isEmpty {
+                throw ConfigurationError("destination mode needs -d/--destination-app, e.g. -d 22 or -d SSH=22,HTTP=localhost:80")
+            }
+        case .source:
+            guard let s = o.sourcePorts else {
+                throw ConfigurationError("source mode needs -s/--source-listen-port, e.g. -s 5555 or -s SSH=5555,HTTP=8080")
+            }
+            o.configuration.sourceMappings = try parseSourceMappings(s)
+            if o.configuration.destinationClientType == .v1 && o.configuration.sourceMappings.count > 1 {
+                throw ConfigurationError("-y V1 destinations serve a single service: give one -s entry")
+            }
+        }
+    }
+
     // MARK: Pieces
+
+    /// A file holding a secret (`what`) must be private to this user; `unreadable` is the
+    /// error when its status cannot be read.
+    static func checkPrivateFile(_ path: String, option: String, holding what: String, fileStatus: (String) -> FileStatus?,
+                                 userId: UInt32, unreadable: @autoclosure () -> String) throws(ConfigurationError) {
+        guard let status = fileStatus(path) else { throw ConfigurationError(unreadable()) }
+        if let problem = status.problem(path: path, holding: what, user: userId) {
+            throw ConfigurationError(option + " " + problem)
+        }
+    }
 
     /// `--mqtt-endpoint HOST[:PORT]`, `--thing-name`, `--cert`, `--key`, `--mqtt-client-id`,
     /// `--mqtt-keep-alive`. The key is a secret like a token file: it must be private.
-    static func parseAgent(_ last: (String) -> String?, fileStatus: (String) -> FileStatus?,
-                           userId: UInt32) throws(ConfigurationError) -> AgentSettings {
-        let endpoint = lowercased(trim(last("mqtt-endpoint") ?? ""))
+    static func agentSettings(_ a: AgentOptions, fileStatus: (String) -> FileStatus?,
+                              userId: UInt32) throws(ConfigurationError) -> AgentSettings {
+        let endpoint = lowercased(trim(a.endpoint ?? ""))
         guard !endpoint.isEmpty else {
             throw ConfigurationError("--mqtt-endpoint needs the AWS IoT data endpoint, e.g. --mqtt-endpoint abc123-ats.iot.us-east-1.amazonaws.com")
         }
         let (host, port) = try splitHostPort(endpoint, what: "--mqtt-endpoint")
-        guard let thing = last("thing-name") else {
+        guard let thing = a.thingName else {
             throw ConfigurationError("agent mode needs --thing-name: the AWS IoT thing whose tunnel notifications this device takes")
         }
         try checkThingName(thing)
-        guard let certificate = last("cert"), !certificate.isEmpty, let key = last("key"), !key.isEmpty else {
+        guard let certificate = a.certificate, !certificate.isEmpty, let key = a.key, !key.isEmpty else {
             throw ConfigurationError("agent mode needs the device certificate and its key: --cert FILE --key FILE (PEM, as AWS IoT issued them)")
         }
-        guard let status = fileStatus(key) else {
-            throw ConfigurationError("cannot read --key \(key): no such file or no permission")
-        }
-        if let problem = status.problem(path: key, holding: "the device's private key", user: userId) {
-            throw ConfigurationError("--key \(problem)")
-        }
+        try checkPrivateFile(key, option: "--key", holding: "the device's private key", fileStatus: fileStatus, userId: userId,
+                             unreadable: "cannot read --key \(key): no such file or no permission")
         if fileStatus(certificate) == nil {
             throw ConfigurationError("cannot read --cert \(certificate): no such file or no permission")
         }
-        let clientId = last("mqtt-client-id") ?? thing
-        guard !clientId.isEmpty, clientId.utf8.count <= 128 else {
-            throw ConfigurationError("--mqtt-client-id must be 1 to 128 bytes (AWS IoT's limit)")
-        }
-        for b in clientId.utf8 where b < 0x20 || b == 0x7F {
-            throw ConfigurationError("--mqtt-client-id must not contain control characters")
-        }
-        let keepAlive = try intOption(last("mqtt-keep-alive"), "mqtt-keep-alive", 30...1200, 60)
+        let clientId = a.clientId ?? thing
+        try checkClientId(clientId)
+        let keepAlive = try a.keepAlive.map { v throws(ConfigurationError) in try number(v, "mqtt-keep-alive", 30...1200) } ?? 60
         return AgentSettings(brokerHost: host, brokerPort: port ?? 8883, thingName: thing, certificateFile: certificate,
                              keyFile: key, clientId: clientId, keepAliveSeconds: UInt16(keepAlive))
     }
 
-    /// Thing names as AWS IoT allows them: `[A-Za-z0-9:_-]`, 1 to 128 characters (so never an
-    /// MQTT wildcard or a topic separator).
-    static func checkThingName(_ name: String) throws(ConfigurationError) {
-        guard !name.isEmpty, name.utf8.count <= 128 else {
-            throw ConfigurationError("--thing-name '\(name)' must be 1 to 128 characters")
+    /// MQTT client ids as AWS IoT takes them: 1 to 128 bytes, no control characters.
+    static func checkClientId(_ id: String) throws(ConfigurationError) {
+        let bytes = Array(id.utf8)
+        guard !bytes.isEmpty, bytes.count <= 128 else {
+            throw ConfigurationError("--mqtt-client-id must be 1 to 128 bytes (AWS IoT's limit)")
         }
-        for b in name.utf8 where !isServiceIdByte(b) {
-            throw ConfigurationError("--thing-name '\(name)' may only contain letters, digits, '_', '-' and ':'")
+        for b in bytes where b < 0x20 || b == 0x7F {
+            throw ConfigurationError("--mqtt-client-id must not contain control characters")
         }
     }
 
     /// `HOST[:PORT]`, `[IPv6]:PORT`; lower-cased, port 443 by default.
     static func parseEndpoint(_ text: String) throws(ConfigurationError) -> (String, UInt16) {
         let value = lowercased(trim(text))
-        guard !value.isEmpty, value.utf8.count <= 253 + 8 else {
+        let bytes = Array(value.utf8)
+        guard !bytes.isEmpty, bytes.count <= 253 + 8 else {
             throw ConfigurationError("--proxy-endpoint '\(text)' is not HOST or HOST:PORT")
         }
-        for b in value.utf8 {
+        for b in bytes {
             let ok = (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x2E || b == 0x2D || b == 0x3A || b == 0x5B || b == 0x5D
             if !ok { throw ConfigurationError("--proxy-endpoint '\(text)' contains characters a host name cannot have") }
         }
@@ -557,7 +521,7 @@ public enum ConfigurationParser {
         throw ConfigurationError("\(what) '\(value)': an IPv6 address needs brackets, e.g. [::1]:22")
     }
 
-    /// The `-d` grammar (PROTOCOL.md §8.1): `ENDPOINT` alone, or `SVC=ENDPOINT,...`.
+    /// The `-d` grammar (docs/PROTOCOL.md §8.1): `ENDPOINT` alone, or `SVC=ENDPOINT,...`.
     public static func parseDestinationMappings(_ text: String, defaultHost: String) throws(ConfigurationError) -> [ServiceMapping] {
         let items = text.splitBytes(at: 0x2C).map { trim($0) }.filter { !$0.isEmpty }
         guard !items.isEmpty else { throw ConfigurationError("-d/--destination-app is empty") }
@@ -636,39 +600,22 @@ public enum ConfigurationParser {
 
     /// Service ids as the AWS API allows them: `[A-Za-z0-9:_-]`, 1 to 128 characters.
     static func checkServiceId(_ id: String) throws(ConfigurationError) {
-        guard !id.isEmpty, id.utf8.count <= 128 else {
-            throw ConfigurationError("service name '\(id)' must be 1 to 128 characters")
-        }
-        for b in id.utf8 where !isServiceIdByte(b) {
-            throw ConfigurationError("service name '\(id)' may only contain letters, digits, '_', '-' and ':'")
-        }
+        try checkIdentifier(id, what: "service name")
     }
 
+    /// Thing names as AWS IoT allows them, the same characters as service ids (so never an MQTT
+    /// wildcard or a topic separator).
+    static func checkThingName(_ name: String) throws(ConfigurationError) {
+        try checkIdentifier(name, what: "--thing-name")
+    }
 
-    /// `--dns system|builtin` and the built-in resolver's test overrides from the environment.
-    static func parseNameResolution(_ value: String?, environment: (String) -> String?,
-                                    into c: inout Configuration) throws(ConfigurationError) {
-        switch value.map({ Bytewise($0) }) {
-        case nil: break
-        case "system":
-            guard Resolver.systemResolverAvailable else {
-                throw ConfigurationError("--dns system: this build has no system resolver (it was built with LP_BUILTIN_DNS, for a fully static binary); use --dns builtin")
-            }
-            c.resolverMode = .system
-        case "builtin": c.resolverMode = .builtin
-        default: throw ConfigurationError("--dns must be system or builtin, got '\(value!)'")
+    static func checkIdentifier(_ id: String, what: String) throws(ConfigurationError) {
+        let bytes = Array(id.utf8)
+        guard !bytes.isEmpty, bytes.count <= 128 else {
+            throw ConfigurationError("\(what) '\(id)' must be 1 to 128 characters")
         }
-        c.resolvConfPath = environment("LOCALPROXY_RESOLV_CONF")
-        c.hostsPath = environment("LOCALPROXY_HOSTS")
-        if let p = environment("LOCALPROXY_DNS_PORT") {
-            guard let port = parsePort(trim(p)) else {
-                throw ConfigurationError("LOCALPROXY_DNS_PORT must be a port from 1 to 65535, got '\(p)'")
-            }
-            c.nameserverPort = port
-        }
-        let overridden = c.resolvConfPath != nil || c.hostsPath != nil || c.nameserverPort != nil
-        if overridden && (c.resolverMode ?? Resolver.mode) == .system {
-            c.warnings.append("LOCALPROXY_RESOLV_CONF, LOCALPROXY_HOSTS and LOCALPROXY_DNS_PORT apply to the built-in resolver only (--dns builtin)")
+        for b in bytes where !isServiceIdByte(b) {
+            throw ConfigurationError("\(what) '\(id)' may only contain letters, digits, '_', '-' and ':'")
         }
     }
 
@@ -692,10 +639,10 @@ public enum ConfigurationParser {
         c.webProxyNote = "connecting to the service through the web proxy \(proxy)\(proxy.credentials == nil ? "" : " with credentials") (from \(name))"
     }
 
-    static func intOption(_ value: String?, _ name: String, _ range: ClosedRange<Int>, _ fallback: Int) throws(ConfigurationError) -> Int {
-        guard let value else { return fallback }
-        guard let n = parseInt(value), range.contains(n) else {
-            throw ConfigurationError("--\(name) must be a number from \(range.lowerBound) to \(range.upperBound), got '\(value)'")
+    /// A whole number in `range`, or an error naming the option and the range.
+    static func number(_ text: String, _ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let n = parseInt(text), range.contains(n) else {
+            throw ConfigurationError("--\(name) must be a number from \(range.lowerBound) to \(range.upperBound), got '\(text)'")
         }
         return n
     }
@@ -706,18 +653,25 @@ public enum ConfigurationParser {
 /// Lines of `text`, split on LF bytes (a `Character` split would treat CR LF as one character
 /// and never split Windows-edited files); the CR stays, for `trim` to remove.
 func lines(of text: String) -> [String] {
-    Array(text.utf8).split(separator: 0x0A, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+    Array(text.utf8).split(separator: 0x0A, omittingEmptySubsequences: false).map(utf8Text)
 }
 
 func trim(_ s: String) -> String {
     var bytes = Array(s.utf8)
     while let f = bytes.first, f == 0x20 || f == 0x09 || f == 0x0D || f == 0x0A { bytes.removeFirst() }
     while let l = bytes.last, l == 0x20 || l == 0x09 || l == 0x0D || l == 0x0A { bytes.removeLast() }
-    return String(decoding: bytes, as: UTF8.self)
+    return utf8Text(bytes[...])
 }
 
+/// Text from UTF-8 bytes, invalid sequences replaced. One shared copy: `String(decoding:as:)`
+/// is otherwise inlined wherever it is called (about 150 bytes each on armv7).
+@inline(never)
+func utf8Text(_ bytes: ArraySlice<UInt8>) -> String { String(decoding: bytes, as: UTF8.self) }
+
 func lowercased(_ s: String) -> String {
-    String(decoding: s.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)
+    var bytes = Array(s.utf8)
+    for i in bytes.indices where bytes[i] >= 0x41 && bytes[i] <= 0x5A { bytes[i] += 0x20 }
+    return utf8Text(bytes[...])
 }
 
 func parseInt(_ s: String) -> Int? {
@@ -747,10 +701,11 @@ func parsePort(_ s: String) -> UInt16? {
 
 /// Why a (trimmed, non-empty) access token cannot be sent, or nil. The message never quotes it.
 func accessTokenProblem(_ token: String) -> String? {
-    if token.utf8.count > 4096 {
-        return "the access token is \(token.utf8.count) bytes; tokens are at most 4096"
+    let bytes = Array(token.utf8)
+    if bytes.count > 4096 {
+        return "the access token is \(bytes.count) bytes; tokens are at most 4096"
     }
-    for b in token.utf8 where b < 0x21 || b > 0x7E {
+    for b in bytes where b < 0x21 || b > 0x7E {
         return "the access token contains a space or control character: check how it was copied"
     }
     return nil

@@ -116,76 +116,16 @@ public enum LocalProxyMain {
         }
     }
 
+    /// `--help`: the options come from the parser's table (CommandLineOptions.swift), so the help
+    /// lists exactly the options the parser takes.
     public static let helpText = """
     localproxy \(LocalProxyVersion.string): AWS IoT Secure Tunneling local proxy
 
     Usage (device side):  localproxy -r REGION -d [SVC=]ENDPOINT[,SVC=ENDPOINT...]
       with the destination access token in AWSIOT_TUNNEL_ACCESS_TOKEN (or -t, or --access-token-file)
 
-    Options:
-      -h, --help                      show this help and exit
-      -V, --version                   show the version and exit
-      -t, --access-token TOKEN        access token (visible in the process list: prefer the
-                                      environment or --access-token-file)
-          --access-token-file FILE    read the access token from FILE (must not be readable by
-                                      group or others)
-      -i, --client-token TOKEN        client token (32-128 of A-Z a-z 0-9 -); default: a random
-                                      UUID, kept for every reconnect of this process
-      -r, --region REGION             tunnel region, e.g. us-east-1 (endpoint
-                                      data.tunneling.iot.REGION.amazonaws.com)
-      -e, --proxy-endpoint HOST[:PORT]  endpoint instead of -r (port 443 by default)
-      -d, --destination-app MAP       destination mode: where tunnel services go. MAP is one
-                                      ENDPOINT, or SVC=ENDPOINT,... ; ENDPOINT is PORT, HOST:PORT,
-                                      [IPv6]:PORT or a Unix socket path
-      -s, --source-listen-port MAP    source mode: local ports per service. MAP is PORT, or
-                                      SVC=PORT,... (SVC= alone: any free port, logged)
-      -b, --local-bind-address ADDR   source: listen address (127.0.0.1); destination: default
-                                      host for -d ports (127.0.0.1)
-      -c, --capath PATH[,PATH]        trusted CA certificates: PEM files or directories
-                                      (default: /etc/ssl/certs/ca-certificates.crt)
-      -k, --no-ssl-host-verify        do not verify the service's certificate (testing only)
-      -m, --mode MODE                 source|src or destination|dst (implied by -s or -d)
-      -y, --destination-client-type V1|V2  source mode: talk to old destinations
-      -v, --verbose LEVEL             0 silent, 1 fatal, 2 error, 3 warning, 4 info (default),
-                                      5 debug, 6 trace
-          --config FILE               read 'long-option = value' lines from FILE
-          --config-dir DIR            destination: SVC=ENDPOINT lines from files in DIR, used
-                                      when -d is not given
-          --connect-retries N         local connect retries before resetting the stream (3)
-          --connect-retry-delay-ms N  delay between local connect attempts (1000)
-          --ping-interval-ms N        WebSocket ping interval (20000)
-          --pong-timeout-ms N         reconnect when nothing (no pong, no data) came from the
-                                      service for N ms (default: 2 ping intervals + 5000; 0: off)
-          --stall-timeout-ms N        reset a local connection that takes no data for N ms while
-                                      the tunnel waits for it, so the others go on (15000; 0: off)
-          --reconnect-delay-max-ms N  cap of the reconnect backoff (120000)
-          --max-payload N             largest DATA payload to send (64512)
-          --token-wait-ms N           with --access-token-file: after the service ends the
-                                      session (e.g. token rotated), wait this long for a new
-                                      token in the file and reconnect with it (10000; 0: exit)
-          --half-close-linger-ms N    source: how long a half-closed local connection waits
-                                      for the destination's answer (10000)
-          --syslog                    log to the system log (/dev/log, facility daemon)
-                                      instead of standard error
-          --log-format text|json      log lines as text (default) or one JSON object each
-          --dns system|builtin        how host names are resolved: system (the C library's
-                                      getaddrinfo) or builtin (own DNS client: /etc/hosts, then
-                                      the nameservers of /etc/resolv.conf). Default: system;
-                                      builtin in fully static builds (no NSS there)
 
-    Agent mode (device side, tokens delivered by AWS IoT over MQTT instead of -t):
-          --mqtt-endpoint HOST[:PORT] the account's AWS IoT data endpoint (port 8883; on 443
-                                      ALPN x-amzn-mqtt-ca is used); turns agent mode on
-          --thing-name NAME           the thing whose tunnel notifications this device takes
-                                      ($aws/things/NAME/tunnels/notify)
-          --cert FILE                 the device certificate (PEM), for mutual TLS
-          --key FILE                  its private key (PEM; the file must be private to this user)
-          --mqtt-client-id ID         MQTT client id (default: the thing name)
-          --mqtt-keep-alive SECONDS   MQTT keep-alive, 30 to 1200 (60)
-      Each destination notification starts a tunnel with its token, its services mapped by -d;
-      a new notification replaces it; -e/-r, when given, override the notification's region.
-      -c lists the CAs of both the broker and the tunneling service.
-
+    """ + ConfigurationParser.optionsHelp() + """
     Environment: AWSIOT_TUNNEL_ACCESS_TOKEN, AWSIOT_TUNNEL_CLIENT_TOKEN, AWSIOT_TUNNEL_ENDPOINT,
     AWSIOT_TUNNEL_REGION (the command line takes precedence).
       https_proxy, HTTPS_PROXY      reach the service through this HTTP proxy (CONNECT):

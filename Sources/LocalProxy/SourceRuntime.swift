@@ -13,6 +13,8 @@ import TunnelTLS
 /// ends its sending direction, the bytes it sent go out, then the connection stays open for the
 /// destination's answer; the reset is sent when the destination resets it, or when no tunnel data
 /// arrived for `--half-close-linger-ms`. Answers in flight are therefore not lost to an early reset.
+/// The session decides all of this (SourceSession.swift); this runtime only runs the timers it
+/// asks for (`startLinger`) and reports when one fires.
 public final class SourceRuntime: TunnelRuntime {
     private var session: SourceSession? = nil
     private var nextLocalId: UInt32 = 1
@@ -22,6 +24,8 @@ public final class SourceRuntime: TunnelRuntime {
     private var listeners: [Bytewise: Listener] = [:]
     /// Service index in the current session for each listener's service id.
     private var serviceIndex: [Bytewise: Int] = [:]
+    /// The half-close linger timers the session started, one per connection at most; each is
+    /// dropped with its connection.
     private var lingering: [LocalConnectionID: Timer] = [:]
     private let runner = ActionRunner<SourceAction>()
 
@@ -32,6 +36,7 @@ public final class SourceRuntime: TunnelRuntime {
     override func sessionOpened() {
         var settings = SourceSessionSettings()
         settings.destinationFormat = configuration.destinationClientType ?? .v3
+        settings.halfCloseLingerMilliseconds = configuration.halfCloseLingerMilliseconds
         let mappings = configuration.sourceMappings.map { SourceSession.Mapping(serviceId: $0.serviceId, port: $0.port) }
         session = SourceSession(mappings: mappings, settings: settings, firstStreamId: nextStreamId, firstLocalId: nextLocalId)
         serviceIndex = [:]
@@ -69,15 +74,14 @@ public final class SourceRuntime: TunnelRuntime {
             if listeners[Bytewise(serviceId)] == nil { listen(serviceId: serviceId, port: port) }
         case .deliver(let id, let payload):
             links[id]?.enqueue(payload)
-            if let t = lingering[id] { restartLinger(t, id) }
         case .closeLocal(let id):
-            lingering[id]?.close()
-            lingering[id] = nil
+            stopLinger(id)
             links[id]?.closeAfterFlush()
         case .resetLocal(let id):
-            lingering[id]?.close()
-            lingering[id] = nil
+            stopLinger(id)
             links[id]?.reset()
+        case .startLinger(let id, let milliseconds):
+            startLinger(id, milliseconds)
         case .send(let message):
             tunnel?.send(message)
         case .log(let level, let text):
@@ -130,31 +134,35 @@ public final class SourceRuntime: TunnelRuntime {
         link.adopt(stream)
     }
 
-    private func restartLinger(_ timer: Timer, _ id: LocalConnectionID) {
-        timer.start(after: UInt64(configuration.halfCloseLingerMilliseconds)) { [self] in
-            lingering[id]?.close()
-            lingering[id] = nil
+    /// Starts (or restarts) the linger timer of `id`; its expiry goes to the session.
+    private func startLinger(_ id: LocalConnectionID, _ milliseconds: Int) {
+        guard links[id] != nil else { return }
+        let timer = lingering[id] ?? Timer(loop: loop)
+        lingering[id] = timer
+        timer.start(after: UInt64(milliseconds)) { [self] in
+            stopLinger(id)
             guard let s = session else { return }
-            logger.debug("local connection \(id): no answer for \(configuration.halfCloseLingerMilliseconds) ms after its half-close: closing")
-            perform { s.localClosed(id, into: &$0) }
+            perform { s.lingerExpired(id, into: &$0) }
         }
     }
 
+    private func stopLinger(_ id: LocalConnectionID) {
+        lingering[id]?.close()
+        lingering[id] = nil
+    }
+
     override func linkEnded(_ link: LocalLink) {
-        guard session != nil, lingering[link.id] == nil else {
-            if session == nil { link.closeAfterFlush() }
+        guard let s = session else {
+            link.closeAfterFlush()
             return
         }
-        let timer = Timer(loop: loop)
-        lingering[link.id] = timer
-        restartLinger(timer, link.id)
+        perform { s.localEnded(link.id, into: &$0) }
     }
 
     /// A half-closed client that also stopped reading: no answer can reach it, so the linger
     /// ends now.
     override func linkBroken(_ link: LocalLink) {
-        lingering[link.id]?.close()
-        lingering[link.id] = nil
+        stopLinger(link.id)
         guard let s = session else {
             link.closeAfterFlush()
             return
@@ -163,8 +171,7 @@ public final class SourceRuntime: TunnelRuntime {
     }
 
     override func linkClosed(_ link: LocalLink) {
-        lingering[link.id]?.close()
-        lingering[link.id] = nil
+        stopLinger(link.id)
         super.linkClosed(link)
     }
 

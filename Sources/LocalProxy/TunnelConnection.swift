@@ -74,18 +74,48 @@ public struct TunnelEndpoint {
 /// frame decoder → delegate. Each stage stops when the next is full, and parsing stops while
 /// the delegate is congested, so memory stays fixed and back-pressure reaches the service as a
 /// full TCP window. This class does the I/O, the timers and the connection's lifecycle.
+///
+/// Lifecycle (`State`; each case carries what only that stage needs):
+///
+///     resolving -> connecting -+-----------------------------+-> tlsHandshake -> upgrading(reader) -> open
+///                              +-> proxyConnecting(reader) --+                                         |
+///                                                                      closing(reason, acknowledged) <-+
+///     any state -> closed (`fail`: the only way in; the delegate hears `tunnelClosed` once)
+///
+/// | state                          | next                          | why                                        |
+/// |--------------------------------|-------------------------------|--------------------------------------------|
+/// | resolving                      | connecting, closed            | the endpoint's (or the web proxy's) name resolved; it did not, the handshake timeout, `stop` or `abort` |
+/// | connecting                     | tlsHandshake, proxyConnecting, closed | TCP connected (to the service, or to the web proxy, which is sent CONNECT); no address answered, timeout, `stop`, `abort` |
+/// | proxyConnecting(answer reader) | tlsHandshake, closed          | the proxy answered 2xx; it refused (407: `.proxyAuthentication`), sent no HTTP, closed, or the timeout passed |
+/// | tlsHandshake                   | upgrading, closed             | handshake done: the upgrade request is queued; the certificate did not verify (`.certificate`), TLS failed, EOF, timeout |
+/// | upgrading(response reader)     | open, closed                  | 101 with our subprotocol; any other status (`.rejected`), a malformed answer, EOF, timeout |
+/// | open                           | closing, closed               | `stop` (our close frame 1000, then wait for the answer: acknowledged false); the service's close frame (answered: acknowledged true); an undecodable message or a WebSocket protocol error (our close frame with the error's code; nothing more is read: acknowledged true); transport or TLS lost, no pong in time, too many control frames queued, `abort` |
+/// | closing(reason, acknowledged)  | closed                        | the service answered our close frame; once acknowledged, our close frame and everything before it reached the socket; 2 s passed; transport lost. `reason` is what the delegate hears unless the transport fails first |
+/// | closed                         | —                             | timers, socket and pipeline are released |
+///
+/// Two flags stay outside the enum because they are not stages of the lifecycle but facts about
+/// the I/O of the moment, true or false in any stage from `connecting` to `closing`:
+/// `writeInFlight` (a socket write of `tls.ciphertextOut` is under way: the ring's readable spans
+/// must not be written twice) and `pumping` (the pipeline is being pumped: a delegate call made
+/// from inside the pump that sends something must not pump again, and flushes once the pump
+/// returns). The socket and the pipeline are not lifecycle either: they exist from the TCP
+/// connection until `closed`, across five states.
 public final class TunnelConnection: TunnelPipelineHandler {
-    enum State {
+    /// `indirect`: the payloads live in boxes, so copying a state is a retain. With the readers
+    /// inline, the enum's copy and destroy functions cost about 1.3 KB of the armv7 binary.
+    indirect enum State {
         case resolving
         case connecting
-        /// Connected to the web proxy and sent CONNECT; reading its answer. Next: tlsHandshake
-        /// once the proxy answered 2xx, closed otherwise.
-        case proxyConnecting
+        /// Connected to the web proxy and sent CONNECT; reading its answer with this reader.
+        case proxyConnecting(WebProxyAnswerReader)
         case tlsHandshake
-        case upgrading
+        /// The upgrade request is out; reading the service's answer with this reader.
+        case upgrading(WebSocketUpgradeResponseReader)
         case open
-        /// We sent a close frame and wait for the service's.
-        case closing
+        /// A close frame was sent (or queued); `reason` is what the delegate will hear.
+        /// `acknowledged`: the service's close frame arrived, or nothing more will be read; the
+        /// connection then ends as soon as our close frame is out.
+        case closing(reason: TunnelCloseReason, acknowledged: Bool)
         case closed
     }
 
@@ -114,13 +144,13 @@ public final class TunnelConnection: TunnelPipelineHandler {
     private(set) var state = State.resolving
     private var socket: SocketStream? = nil
     private var pipeline: TunnelPipeline? = nil
-    private var responseReader: WebSocketUpgradeResponseReader? = nil
-    private var proxyReader: WebProxyAnswerReader? = nil
-    private var writing = false
-    private var closeReported = false
+    /// A write of `tls.ciphertextOut` to the socket is under way.
+    private var writeInFlight = false
+    /// `drive` is pumping the pipeline (re-entrancy guard; see the class's header).
+    private var pumping = false
+    /// The handshake deadline until `open`; the 2 s close deadline in `closing`.
     private let timer: Timer
     private let pingTimer: Timer
-    private var processing = false
 
     public init(loop: EventLoop, resolver: Resolver, endpoint: TunnelEndpoint, tls: TLSConfiguration, random: SecureRandom,
                 logger: Logger, pingIntervalMilliseconds: Int, pongTimeoutMilliseconds: Int = 0) {
@@ -136,6 +166,16 @@ public final class TunnelConnection: TunnelPipelineHandler {
         pingTimer = Timer(loop: loop)
     }
 
+    private var isOpen: Bool {
+        if case .open = state { return true }
+        return false
+    }
+
+    private var isClosed: Bool {
+        if case .closed = state { return true }
+        return false
+    }
+
     var target: String { "\(endpoint.host):\(endpoint.port)" }
     /// What the TCP connection goes to: the service, or the web proxy in front of it.
     var firstHop: String { endpoint.webProxy.map { "the web proxy at \($0.address)" } ?? target }
@@ -145,21 +185,25 @@ public final class TunnelConnection: TunnelPipelineHandler {
     /// Starts connecting; the outcome arrives through the delegate.
     public func start(handshakeTimeoutMilliseconds: UInt64 = 30_000) {
         timer.start(after: handshakeTimeoutMilliseconds) { [self] in
-            if state == .proxyConnecting {
+            switch state {
+            case .proxyConnecting:
                 fail(.failed("\(firstHop) did not answer CONNECT within \(handshakeTimeoutMilliseconds / 1000) s"))
-            } else if state != .open && state != .closed {
+            case .resolving, .connecting, .tlsHandshake, .upgrading:
                 fail(.failed("no WebSocket connection to \(target) within \(handshakeTimeoutMilliseconds / 1000) s"))
+            case .open, .closing, .closed:
+                // `open` stopped this deadline and `closing` replaced it with its own.
+                break
             }
         }
         let host = endpoint.webProxy?.host ?? endpoint.host
         logger.debug("resolving \(host)")
         resolver.resolve(loop: loop, host: host, port: endpoint.webProxy?.port ?? endpoint.port) { [self] result in
-            guard state == .resolving else { return }
+            guard case .resolving = state else { return }
             switch result {
             case .success(let addresses):
                 state = .connecting
                 connectTCP(loop: loop, to: addresses, logger: logger, adopt: { [self] in socket = $0 },
-                           isCurrent: { [self] in state == .connecting }) { [self] result in
+                           isCurrent: { [self] in if case .connecting = state { true } else { false } }) { [self] result in
                     switch result {
                     case .success(let stream): startReading(stream)
                     case .failure(let error): fail(.failed("cannot connect to \(firstHop): \(error)"))
@@ -188,22 +232,21 @@ public final class TunnelConnection: TunnelPipelineHandler {
             case .success(let n):
                 engine.ciphertextIn.commit(n)
                 lastHeard = loop.now
-                if state == .proxyConnecting { readProxyAnswer() } else { drive() }
+                if case .proxyConnecting = state { readProxyAnswer() } else { drive() }
             case .failure(let error):
-                if state == .proxyConnecting {
+                if case .proxyConnecting = state {
                     fail(.failed("\(firstHop) closed the connection before answering CONNECT\(error.code == UVError.endOfFile ? "" : ": \(error)")"))
                 } else if error.code == UVError.endOfFile {
-                    fail(.failed(state == .open ? "the service closed the connection without a close frame" : "the service closed the connection during the handshake"))
+                    fail(.failed(isOpen ? "the service closed the connection without a close frame" : "the service closed the connection during the handshake"))
                 } else {
                     fail(.failed("connection to \(target) lost: \(error)"))
                 }
             }
         }
-        state = endpoint.webProxy == nil ? .tlsHandshake : .proxyConnecting
+        state = endpoint.webProxy == nil ? .tlsHandshake : .proxyConnecting(WebProxyAnswerReader())
         stream.startReading()
-        guard state != .closed else { return }
+        guard !isClosed else { return }
         if let proxy = endpoint.webProxy {
-            proxyReader = WebProxyAnswerReader()
             let request = proxy.connectRequest(host: endpoint.host, port: endpoint.port)
             // The request goes out through the ring TLS writes to, which is empty until TLS starts.
             guard request.withUnsafeBytes({ engine.ciphertextOut.write($0) }) else {
@@ -219,7 +262,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
 
     /// Reads the web proxy's answer to CONNECT from the input ring, consuming only its head.
     private func readProxyAnswer() {
-        guard var reader = proxyReader, let pipeline else { return }
+        guard case .proxyConnecting(var reader) = state, let pipeline else { return }
         let ring = pipeline.tls.ciphertextIn
         var answer: WebProxyAnswer? = nil
         do {
@@ -234,9 +277,10 @@ public final class TunnelConnection: TunnelPipelineHandler {
             fail(.failed("\(firstHop) answered CONNECT with something that is not an HTTP response: \(error)"))
             return
         }
-        proxyReader = reader
-        guard let answer else { return }
-        proxyReader = nil
+        guard let answer else {
+            state = .proxyConnecting(reader)
+            return
+        }
         switch answer {
         case .established(let status):
             logger.debug("\(firstHop) answered \(status): starting TLS with \(target) through it")
@@ -256,9 +300,10 @@ public final class TunnelConnection: TunnelPipelineHandler {
     /// Moves bytes through the pipeline as far as buffers allow, then sends what it produced.
     /// Called after each read, after each completed write, and when the delegate resumes.
     private func drive() {
-        guard !processing, state != .proxyConnecting else { return }
-        processing = true
-        defer { processing = false }
+        guard !pumping else { return }
+        if case .proxyConnecting = state { return }
+        pumping = true
+        defer { pumping = false }
         guard let pipeline, let socket else { return }
         do {
             try pipeline.pump(self)
@@ -273,13 +318,19 @@ public final class TunnelConnection: TunnelPipelineHandler {
             }
             return
         }
-        if state == .closed { return }
-        if (state == .upgrading || state == .open || state == .closing) && pipeline.peerEndedTLS {
-            fail(.failed("the service ended TLS without a WebSocket close frame"))
+        switch state {
+        case .closed:
             return
+        case .upgrading, .open, .closing:
+            if pipeline.peerEndedTLS {
+                fail(.failed("the service ended TLS without a WebSocket close frame"))
+                return
+            }
+        case .resolving, .connecting, .proxyConnecting, .tlsHandshake:
+            break
         }
         flush()
-        if state != .closed && !socket.isReading && pipeline.tls.ciphertextIn.writableCount > 0 {
+        if !isClosed && !socket.isReading && pipeline.tls.ciphertextIn.writableCount > 0 {
             socket.startReading()
         }
     }
@@ -298,13 +349,12 @@ public final class TunnelConnection: TunnelPipelineHandler {
             fail(.failed("\(error)"))
             return
         }
-        responseReader = WebSocketUpgradeResponseReader(request: request)
-        state = .upgrading
+        state = .upgrading(WebSocketUpgradeResponseReader(request: request))
         pipeline.queueRaw(bytes)
     }
 
     public func pipelineUpgradeBytes(_ bytes: UnsafeRawBufferPointer) -> Int {
-        guard var reader = responseReader, let pipeline else { return 0 }
+        guard case .upgrading(var reader) = state, let pipeline else { return 0 }
         var input = bytes
         let outcome: WebSocketUpgradeOutcome?
         do {
@@ -313,9 +363,10 @@ public final class TunnelConnection: TunnelPipelineHandler {
             fail(.failed("bad upgrade response from \(target): \(error)"))
             return bytes.count - input.count
         }
-        responseReader = reader
-        guard let outcome else { return bytes.count - input.count }
-        responseReader = nil
+        guard let outcome else {
+            state = .upgrading(reader)
+            return bytes.count - input.count
+        }
         switch outcome {
         case .accepted(let subprotocol, let channelId):
             state = .open
@@ -347,7 +398,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
     public func pipelineMessageEnded() {}
 
     public func pipelinePong(_ payload: UnsafeRawBufferPointer) {
-        if let sent = parseUInt(String(decoding: payload, as: UTF8.self)) {
+        if let sent = parseUInt(payload) {
             logger.debug("pong from the service after \(loop.now &- sent) ms")
         }
     }
@@ -372,7 +423,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
 
     /// Sends a control message (no payload) after the frames already queued.
     public func send(_ message: TunnelMessage) {
-        guard state == .open, let pipeline else { return }
+        guard isOpen, let pipeline else { return }
         if logger.enabled(.trace) {
             logger.trace("sending \(message.type) stream \(message.streamId) connection \(message.connectionId)")
         }
@@ -387,7 +438,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
             logger.error("cannot encode \(message.type): \(error)")
             return
         }
-        if !processing { flush() }
+        if !pumping { flush() }
     }
 
     public func nextMaskingKey() -> WebSocketMaskingKey { WebSocketMaskingKey(random.uint32()) }
@@ -395,26 +446,26 @@ public final class TunnelConnection: TunnelPipelineHandler {
     /// Writes one complete, already masked data frame, if it fits now. Returns false when the
     /// outgoing buffer is too full; the delegate hears `tunnelWritable()` when to try again.
     public func writeFrame(_ frame: UnsafeRawBufferPointer) -> Bool {
-        guard state == .open, let pipeline else { return false }
+        guard isOpen, let pipeline else { return false }
         do {
             guard try pipeline.writeFrame(frame) else { return false }
         } catch {
             fail(.failed("TLS error: \(error)"))
             return false
         }
-        if !processing { flush() }
+        if !pumping { flush() }
         return true
     }
 
     /// Whether a data frame of `count` bytes would be accepted now.
     public func canWrite(_ count: Int) -> Bool {
-        guard state == .open, let pipeline else { return false }
+        guard isOpen, let pipeline else { return false }
         return pipeline.canWriteFrame(count)
     }
 
     /// Moves queued control frames into TLS and ciphertext onto the socket.
     private func flush() {
-        guard let pipeline, let socket, state != .closed else { return }
+        guard let pipeline, let socket, !isClosed else { return }
         do {
             try pipeline.flushControl()
         } catch {
@@ -422,27 +473,27 @@ public final class TunnelConnection: TunnelPipelineHandler {
             return
         }
         let out = pipeline.tls.ciphertextOut
-        guard !writing else { return }
-        writing = sendRing(out, on: socket) { [self] error in
-            writing = false
-            guard state != .closed else { return }
+        guard !writeInFlight else { return }
+        writeInFlight = sendRing(out, on: socket) { [self] error in
+            writeInFlight = false
+            if isClosed { return }
             if let error {
                 fail(.failed("sending to \(target) failed: \(error)"))
                 return
             }
             flush()
-            if state == .closing && pipeline.closeWritten && pipeline.queuedControlCount == 0
-                && out.readableCount == 0 && closeAcknowledged {
+            if case .closing(_, acknowledged: true) = state, pipeline.closeWritten,
+               pipeline.queuedControlCount == 0, out.readableCount == 0 {
                 finishClose()
                 return
             }
-            if state == .open { delegate?.tunnelWritable() }
+            if isOpen { delegate?.tunnelWritable() }
             drive()
         }
     }
 
     private func sendPing() {
-        guard state == .open, let pipeline else { return }
+        guard isOpen, let pipeline else { return }
         if pongTimeoutMilliseconds > 0 {
             let now = loop.now
             if pipelinePaused || (socket.map { !$0.isReading } ?? false) {
@@ -455,27 +506,24 @@ public final class TunnelConnection: TunnelPipelineHandler {
         }
         let stamp = Array(String(loop.now).utf8)
         stamp.withUnsafeBytes { pipeline.queueFrame(.ping, payload: $0) }
-        if !processing { flush() }
+        if !pumping { flush() }
     }
 
     // MARK: Closing
 
-    private var closeAcknowledged = false
-    private var closeReasonToReport: TunnelCloseReason? = nil
-
     /// The service sent a close frame: answer it, then end.
     private func closeReceived(code: UInt16?, reason: String) {
-        if state == .closing {
+        if case .closing = state {
             // The answer to our own close.
-            closeAcknowledged = true
             finishClose()
             return
         }
-        closeReasonToReport = .closedByService(code: code, reason: reason)
         pipeline?.queueClose(code: code ?? WebSocketCloseCode.normal, reason: "")
-        state = .closing
-        closeAcknowledged = true
-        pipeline?.tls.close()
+        state = .closing(reason: .closedByService(code: code, reason: reason), acknowledged: true)
+        // Our close frame goes into TLS before close_notify: the service reads nothing after
+        // close_notify, so the other order lost the answer. (A TLS error here is met again by
+        // the flush below.)
+        if let pipeline, (try? pipeline.flushControl()) == true { pipeline.tls.close() }
         flushThenFinish()
     }
 
@@ -484,14 +532,13 @@ public final class TunnelConnection: TunnelPipelineHandler {
     public func stop() {
         switch state {
         case .open:
-            closeReasonToReport = .stopped
             pipeline?.queueClose(code: WebSocketCloseCode.normal, reason: "local proxy stopping")
-            state = .closing
+            state = .closing(reason: .stopped, acknowledged: false)
             timer.start(after: 2000) { [self] in finishClose() }
             flush()
         case .closing, .closed:
             return
-        default:
+        case .resolving, .connecting, .proxyConnecting, .tlsHandshake, .upgrading:
             fail(.stopped)
         }
     }
@@ -499,28 +546,26 @@ public final class TunnelConnection: TunnelPipelineHandler {
     /// Sends a close frame with `code` (RFC 6455 §7.1.7), then drops the connection once it is
     /// out (or after 2 s), reporting `why`. Nothing more the service sends is read.
     private func closeAfterError(code: UInt16, reason: String, why: String) {
-        closeReasonToReport = .failed(why)
         pipeline?.queueClose(code: code, reason: reason)
         pipeline?.discardInput()
-        state = .closing
-        closeAcknowledged = true
+        state = .closing(reason: .failed(why), acknowledged: true)
         flushThenFinish()
     }
 
     private func flushThenFinish() {
         flush()
-        if !writing && (pipeline?.tls.ciphertextOut.readableCount ?? 0) == 0 { finishClose() }
+        if !writeInFlight && (pipeline?.tls.ciphertextOut.readableCount ?? 0) == 0 { finishClose() }
         else { timer.start(after: 2000) { [self] in finishClose() } }
     }
 
     private func finishClose() {
-        guard state != .closed else { return }
-        fail(closeReasonToReport ?? .stopped)
+        if case .closing(let reason, _) = state { fail(reason) } else { fail(.stopped) }
     }
 
-    /// Tears everything down and reports `reason` (once).
+    /// Tears everything down and reports `reason`. Only the first call does anything: it is the
+    /// one way into `closed`, which nothing leaves, so the delegate hears it exactly once.
     private func fail(_ reason: TunnelCloseReason) {
-        guard state != .closed else { return }
+        if isClosed { return }
         state = .closed
         timer.close()
         pingTimer.close()
@@ -529,18 +574,17 @@ public final class TunnelConnection: TunnelPipelineHandler {
         }
         socket = nil
         pipeline?.finish()
-        if !closeReported {
-            closeReported = true
-            let d = delegate
-            delegate = nil
-            d?.tunnelClosed(reason)
-        }
+        let d = delegate
+        delegate = nil
+        d?.tunnelClosed(reason)
     }
 
     /// Called by the delegate when it can take messages again.
     public func resumeReading() {
-        guard state == .open || state == .closing else { return }
-        drive()
+        switch state {
+        case .open, .closing: drive()
+        default: return
+        }
     }
 
     /// Drops the connection at once (no close frame), e.g. to reconnect after a session error.
@@ -549,16 +593,16 @@ public final class TunnelConnection: TunnelPipelineHandler {
     }
 }
 
+/// `text` with each line break (CR, LF) made a space, trimmed: one line for a log or a status.
+/// Byte-wise: CR and LF are never part of a longer UTF-8 sequence.
 func oneLine(_ text: String) -> String {
-    var out = ""
-    for c in text.unicodeScalars {
-        if c == "\n" || c == "\r" { out += " " } else { out.unicodeScalars.append(c) }
-    }
-    return trim(out)
+    var bytes = Array(text.utf8)
+    for i in bytes.indices where bytes[i] == 0x0A || bytes[i] == 0x0D { bytes[i] = 0x20 }
+    return trim(String(decoding: bytes, as: UTF8.self))
 }
 
-func parseUInt(_ s: String) -> UInt64? {
-    let bytes = Array(s.utf8)
+/// The decimal number that `bytes` spell (at most 19 digits), or nil.
+func parseUInt(_ bytes: UnsafeRawBufferPointer) -> UInt64? {
     guard !bytes.isEmpty, bytes.count <= 19 else { return nil }
     var n: UInt64 = 0
     for b in bytes {

@@ -1,17 +1,33 @@
 /// The destination (device-side) half of a tunnel session, as a state machine with no I/O
-/// (PROTOCOL.md §8 and §17, without the reference's quirks of §16).
+/// (docs/PROTOCOL.md §8 and §17, without the reference's quirks of §16).
 ///
 /// Events go in (a tunnel message, a local connect result, a local close, a retry timer) and
 /// actions come out (connect, deliver bytes to a local socket, close one, send a control message,
 /// log, reconnect, stop). The caller performs the actions. One session lives for one WebSocket
 /// connection; a reconnect starts a new one.
 ///
-/// Lifecycle of a local connection, as this session sees it:
+/// Lifecycle of the session (`State`):
 ///
-///     connecting(attempt n) --connected--> open --local EOF/error--> (gone, reset sent)
+///     awaitingServiceIds --SERVICE_IDS--> serving(tunnelServices) --closeAll--> closed
+///            |                               |   ^                                ^
+///            |                               +---+ SERVICE_IDS again: checked again |
+///            +--------------+----------------+                                    |
+///                           v                                                     |
+///     SERVICE_IDS that -d cannot serve (fatal), unknown message --> ending(reason) +
+///
+/// | state                   | next                     | why                                          |
+/// |-------------------------|--------------------------|----------------------------------------------|
+/// | awaitingServiceIds      | serving, ending, closed  | SERVICE_IDS that the mappings serve; SERVICE_IDS naming a service `-d` does not map (`fatal`) or an unknown message not marked ignorable (`reconnect`); the WebSocket ended (`closeAll`). Streams are served already: a single unnamed mapping takes the name of the first stream's service |
+/// | serving(tunnelServices) | serving, ending, closed  | a repeated SERVICE_IDS is checked again (and may end the session); the other reasons as above |
+/// | ending(reason)          | closed                   | the session asked for its end: tunnel messages are dropped until the runtime ends the WebSocket and calls `closeAll`; local events still update the connections, which `closeAll` resets |
+/// | closed                  | —                        | every local connection was reset; nothing more happens |
+///
+/// Lifecycle of a local connection, as this session sees it (`Connection.phase`):
+///
+///     connecting(attempt n) --connected--> open --local EOF/error, stall--> (gone, reset sent)
 ///          |  ^                               |
-///          |  +--failed, n < retries: retry   +--reset from the peer, stream replaced,
-///          +--failed, n = retries: reset sent       session reset: closeLocal (gone)
+///          |  +--failed, n <= retries: retry  +--reset from the peer, stream replaced,
+///          +--failed, n > retries: reset sent       session reset: closeLocal (gone)
 ///
 /// A stream (per service) is created by STREAM_START and lives until STREAM_RESET, SESSION_RESET,
 /// a newer STREAM_START for the same service, or (V1/V2 format only) the close of its connection.
@@ -50,6 +66,18 @@ public struct DestinationSessionSettings {
 }
 
 public final class DestinationSession {
+    /// Where the session is in its life (the table is in the file's header).
+    public enum State: Equatable {
+        /// No SERVICE_IDS yet; streams are served already.
+        case awaitingServiceIds
+        /// SERVICE_IDS arrived and the mappings serve it: the services the tunnel announced.
+        case serving(tunnelServices: [String])
+        /// The session returned `.fatal` or `.reconnect` with this reason and waits for `closeAll`.
+        case ending(SessionEndReason)
+        /// `closeAll` ran.
+        case closed
+    }
+
     private struct Service {
         var mapping: ServiceMapping
         var serviceIdBytes: [UInt8]
@@ -68,19 +96,30 @@ public final class DestinationSession {
         var streamId: Int32
         var connectionId: UInt32
         var format: MessageFormat
-        var attempts: Int
-        var open: Bool
+        var phase: Phase
         /// Whether this connection was created by STREAM_START (reset with STREAM_RESET) or by
         /// CONNECTION_START (reset with CONNECTION_RESET).
         var startedStream: Bool
     }
 
+    /// A local connection's place in its lifecycle (the diagram in the file's header).
+    private enum Phase {
+        /// Connect attempt `attempt` (1: the first) is under way, or waits for its retry timer.
+        case connecting(attempt: Int)
+        case open
+    }
+
     public let settings: DestinationSessionSettings
+    public private(set) var state = State.awaitingServiceIds
     private var services: [Service]
     private var connections: [LocalConnectionID: Connection] = [:]
     private var nextLocalId: UInt32
-    /// Service ids the tunnel announced, once SERVICE_IDS arrived.
-    public private(set) var tunnelServices: [String]? = nil
+
+    /// Service ids the tunnel announced, while serving.
+    public var tunnelServices: [String]? {
+        if case .serving(let ids) = state { return ids }
+        return nil
+    }
 
     /// `firstLocalId` lets a runtime keep ids unique across sessions of one process.
     public init(mappings: [ServiceMapping], settings: DestinationSessionSettings = DestinationSessionSettings(), firstLocalId: UInt32 = 1) {
@@ -98,6 +137,11 @@ public final class DestinationSession {
     // MARK: Tunnel messages
 
     public func handle(_ message: TunnelMessage, into actions: inout [DestinationAction]) {
+        switch state {
+        case .awaitingServiceIds, .serving: break
+        // The session already asked to end (or ended): what the peer sends now changes nothing.
+        case .ending, .closed: return
+        }
         switch message.type {
         case .data: handleData(message, &actions)
         case .streamStart: handleStreamStart(message, &actions)
@@ -114,7 +158,9 @@ public final class DestinationSession {
                 actions.append(.log(.debug, "ignoring message of unknown \(message.type) (marked ignorable)"))
             } else {
                 actions.append(.log(.error, "received message of unknown \(message.type), not marked ignorable: reconnecting"))
-                actions.append(.reconnect(.unknownMessageType(message.type.rawValue)))
+                let reason = SessionEndReason.unknownMessageType(message.type.rawValue)
+                state = .ending(reason)
+                actions.append(.reconnect(reason))
             }
         }
     }
@@ -122,7 +168,7 @@ public final class DestinationSession {
     private func handleServiceIds(_ message: TunnelMessage, _ actions: inout [DestinationAction]) {
         let (ids, refused) = message.checkedServiceIds
         for line in refused { actions.append(.log(.error, line)) }
-        tunnelServices = ids
+        state = .serving(tunnelServices: ids)
         // A single unnamed mapping serves a tunnel with a single service under that name.
         if services.count == 1 && services[0].mapping.serviceId.isEmpty {
             if ids.count == 1 {
@@ -132,14 +178,14 @@ public final class DestinationSession {
                 return
             }
             if ids.isEmpty { return }
-            actions.append(.fatal(.serviceMismatch(missing: ids, tunnel: ids)))
+            fatal(.serviceMismatch(missing: ids, tunnel: ids), &actions)
             return
         }
         if services.count == 1 && ids.isEmpty { return }
         var missing: [String] = []
         for id in ids where index(ofService: Array(id.utf8)) == nil { missing.append(id) }
         if !missing.isEmpty {
-            actions.append(.fatal(.serviceMismatch(missing: missing, tunnel: ids)))
+            fatal(.serviceMismatch(missing: missing, tunnel: ids), &actions)
             return
         }
         for (i, service) in services.enumerated() {
@@ -150,6 +196,11 @@ public final class DestinationSession {
                 if services[i].stream != nil { endStream(i, &actions) }
             }
         }
+    }
+
+    private func fatal(_ reason: SessionEndReason, _ actions: inout [DestinationAction]) {
+        state = .ending(reason)
+        actions.append(.fatal(reason))
     }
 
     private func index(ofService id: [UInt8]) -> Int? {
@@ -254,7 +305,7 @@ public final class DestinationSession {
         stream.connections[connectionId] = id
         services[index].stream = stream
         connections[id] = Connection(service: index, streamId: stream.id, connectionId: connectionId, format: stream.format,
-                                     attempts: 1, open: false, startedStream: startedStream)
+                                     phase: .connecting(attempt: 1), startedStream: startedStream)
         actions.append(.connect(id, services[index].mapping.endpoint))
     }
 
@@ -330,29 +381,29 @@ public final class DestinationSession {
             actions.append(.closeLocal(id))
             return
         }
-        c.open = true
+        c.phase = .open
         connections[id] = c
         actions.append(.log(.debug, "local connection \(id) to \(services[c.service].mapping.endpoint) open"))
     }
 
     /// A connect attempt failed (`reason` is for the log).
     public func connectFailed(_ id: LocalConnectionID, reason: String, into actions: inout [DestinationAction]) {
-        guard var c = connections[id] else { return }
+        guard var c = connections[id], case .connecting(let attempt) = c.phase else { return }
         let endpoint = services[c.service].mapping.endpoint
-        if c.attempts <= settings.connectRetries {
-            actions.append(.log(.warning, "connecting to \(endpoint) failed (\(reason)); retry \(c.attempts) of \(settings.connectRetries) in \(settings.connectRetryDelayMilliseconds) ms"))
-            c.attempts += 1
+        if attempt <= settings.connectRetries {
+            actions.append(.log(.warning, "connecting to \(endpoint) failed (\(reason)); retry \(attempt) of \(settings.connectRetries) in \(settings.connectRetryDelayMilliseconds) ms"))
+            c.phase = .connecting(attempt: attempt + 1)
             connections[id] = c
             actions.append(.scheduleRetry(id, delayMilliseconds: settings.connectRetryDelayMilliseconds))
             return
         }
-        actions.append(.log(.error, "connecting to \(endpoint) failed (\(reason)) after \(c.attempts) attempts: resetting the tunnel connection"))
+        actions.append(.log(.error, "connecting to \(endpoint) failed (\(reason)) after \(attempt) attempts: resetting the tunnel connection"))
         closeAndReset(id, c, connectFailed: true, &actions)
     }
 
     /// The retry delay for `id` has passed.
     public func retryTimerFired(_ id: LocalConnectionID, into actions: inout [DestinationAction]) {
-        guard let c = connections[id], !c.open else { return }
+        guard let c = connections[id], case .connecting = c.phase else { return }
         actions.append(.connect(id, services[c.service].mapping.endpoint))
     }
 
@@ -413,5 +464,6 @@ public final class DestinationSession {
     public func closeAll(into actions: inout [DestinationAction]) {
         for index in services.indices { endStream(index, abort: true, &actions) }
         connections.removeAll()
+        state = .closed
     }
 }

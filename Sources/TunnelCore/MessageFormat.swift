@@ -1,4 +1,4 @@
-/// Message format of a stream, decided by the peer's STREAM_START (PROTOCOL.md §11).
+/// Message format of a stream, decided by the peer's STREAM_START (docs/PROTOCOL.md §11).
 public enum MessageFormat: Equatable, CustomStringConvertible {
     /// No serviceId, no connectionId.
     case v1

@@ -1,5 +1,5 @@
 /// The source (laptop-side) half of a tunnel session, as a state machine with no I/O
-/// (PROTOCOL.md §9). Local clients connect to a port per service; each accepted connection
+/// (docs/PROTOCOL.md §9). Local clients connect to a port per service; each accepted connection
 /// becomes a stream or a connection of the tunnel.
 ///
 /// Numbering: stream ids come from a counter that the runtime carries across sessions, so they
@@ -8,6 +8,46 @@
 /// (STREAM_START with connection id n) and later ones join it (CONNECTION_START, n+1, n+2 …);
 /// after the stream is reset the next connection starts a new stream. Toward V1/V2 destinations
 /// (`-y V1|V2`) every connection is its own stream, so a new connection replaces the previous one.
+///
+/// Lifecycle of the session (`State`). One session lives for one WebSocket connection:
+///
+///     awaitingServiceIds --SERVICE_IDS matched--> serving --closeAll--> closed
+///            |                                       |                    ^
+///            +--mismatch (fatal), unknown message----+--> ending(reason) -+ closeAll
+///               not marked ignorable (reconnect)
+///
+/// | state              | next                      | why                                                   |
+/// |--------------------|---------------------------|-------------------------------------------------------|
+/// | awaitingServiceIds | serving, ending, closed   | SERVICE_IDS matched to the `-s` ports (one `listen` each); SERVICE_IDS that `-s` cannot serve (`fatal`) or an unknown message not marked ignorable (`reconnect`); the WebSocket ended first |
+/// | serving            | ending, closed            | an unknown message not marked ignorable (`reconnect`); the WebSocket ended (`closeAll`). A repeated SERVICE_IDS changes nothing |
+/// | ending(reason)     | closed                    | the session asked for its end: tunnel messages are dropped and new local connections refused until the runtime ends the WebSocket and calls `closeAll` |
+/// | closed             | —                         | every local connection was reset; nothing more happens |
+///
+/// The services and connections are tables beside the state rather than inside `serving`: they
+/// are filled while serving but outlive it, because `closeAll` must still reset the connections
+/// of a session that is `ending`.
+///
+/// Lifecycle of a local connection (`Connection.phase`):
+///
+///     (accepted) --> open --local EOF, its bytes sent--> halfClosed --linger expired--> (gone:
+///                      |                                   |   ^      closeLocal + reset sent)
+///                      |                                   +---+ DATA: delivered, linger restarted
+///                      +------------------+----------------+
+///                                         v
+///         (gone) CONNECTION_RESET, STREAM_RESET, SESSION_RESET, replaced (V1/V2), local close,
+///                stall, closeAll
+///
+/// | phase      | next              | why                                                        |
+/// |------------|-------------------|------------------------------------------------------------|
+/// | open       | halfClosed, gone  | `localEnded`: the client ended its sending direction and its bytes went out (`startLinger`); the destination reset it, its stream ended, the client is gone (`localClosed`), or it stalled |
+/// | halfClosed | gone              | `lingerExpired` with no tunnel data since the last restart (`closeLocal` and the reset); DATA keeps it (`deliver`, then `startLinger` again); the other reasons of `open` |
+///
+/// Half-close: the protocol cannot say "no more data from this side", so a client that only ends
+/// its sending direction (a FIN) cannot be told apart from one that closed. Resetting the tunnel
+/// connection at once would lose the destination's answer still in flight; so the connection
+/// lingers, kept open for that answer, and is reset when the destination resets it or when no
+/// tunnel data arrived for `halfCloseLingerMilliseconds`. The runtime owns the timer; the session
+/// decides when it starts, restarts and what its expiry means, so a stale expiry changes nothing.
 
 public enum SourceAction {
     /// Start listening for the service (index into the mappings) on `port` (0: any free port).
@@ -21,6 +61,10 @@ public enum SourceAction {
     case resetLocal(LocalConnectionID)
     case send(TunnelMessage)
     case log(LogLevel, String)
+    /// Start the half-close linger timer of a local connection, or restart it if it runs; when
+    /// it fires, report `lingerExpired`. (Once the connection is closed or reset, its timer is
+    /// the runtime's to drop: an expiry the session no longer expects is ignored.)
+    case startLinger(LocalConnectionID, milliseconds: Int)
     case reconnect(SessionEndReason)
     case fatal(SessionEndReason)
 }
@@ -30,11 +74,26 @@ public struct SourceSessionSettings {
     public var destinationFormat: MessageFormat = .v3
     /// Most simultaneous connections per service (the reference's limit).
     public var maximumConnectionsPerService: Int = 128
+    /// How long a half-closed local connection waits for tunnel data before it is reset
+    /// (`--half-close-linger-ms`).
+    public var halfCloseLingerMilliseconds: Int = 10_000
 
     public init() {}
 }
 
 public final class SourceSession {
+    /// Where the session is in its life (the table is in the file's header).
+    public enum State: Equatable {
+        /// No SERVICE_IDS yet: nothing is listened for, so no local connection exists.
+        case awaitingServiceIds
+        /// Listening for the tunnel's services; local connections come and go.
+        case serving
+        /// The session returned `.fatal` or `.reconnect` with this reason and waits for `closeAll`.
+        case ending(SessionEndReason)
+        /// `closeAll` ran.
+        case closed
+    }
+
     public struct Mapping: Equatable {
         public var serviceId: String
         public var port: UInt16
@@ -48,7 +107,6 @@ public final class SourceSession {
         var serviceId: String
         var serviceIdBytes: [UInt8]
         var port: UInt16
-        var listening = false
         var streamId: Int32? = nil
         var nextConnectionId: UInt32 = 1
         /// connection id → local id, for the current stream.
@@ -59,9 +117,19 @@ public final class SourceSession {
         var service: Int
         var streamId: Int32
         var connectionId: UInt32
+        var phase = Phase.open
+    }
+
+    /// A local connection's place in its lifecycle (the table in the file's header).
+    private enum Phase {
+        case open
+        /// The client ended its sending direction; the connection waits for the destination's
+        /// answer until the linger timer expires.
+        case halfClosed
     }
 
     public let settings: SourceSessionSettings
+    public private(set) var state = State.awaitingServiceIds
     private var mappings: [Mapping]
     private var services: [Service] = []
     private var connections: [LocalConnectionID: Connection] = [:]
@@ -80,13 +148,18 @@ public final class SourceSession {
     public var connectionCount: Int { connections.count }
 
     /// The service id each listening service carries (after SERVICE_IDS).
-    public var listeningServices: [String] { services.filter { $0.listening }.map { $0.serviceId } }
+    public var listeningServices: [String] { services.map { $0.serviceId } }
 
     private var format: MessageFormat { settings.destinationFormat }
 
     // MARK: Tunnel messages
 
     public func handle(_ message: TunnelMessage, into actions: inout [SourceAction]) {
+        switch state {
+        case .awaitingServiceIds, .serving: break
+        // The session already asked to end (or ended): what the peer sends now changes nothing.
+        case .ending, .closed: return
+        }
         switch message.type {
         case .serviceIds: handleServiceIds(message, &actions)
         case .data:
@@ -94,7 +167,12 @@ public final class SourceSession {
                 actions.append(.log(.trace, "dropping stale DATA for stream \(message.streamId)"))
                 return
             }
-            if message.payload.count > 0 { actions.append(.deliver(id, message.payload)) }
+            guard message.payload.count > 0 else { return }
+            actions.append(.deliver(id, message.payload))
+            // An answer to a half-closed client: it is still talking, so the linger starts over.
+            if case .halfClosed? = connections[id]?.phase {
+                actions.append(.startLinger(id, milliseconds: settings.halfCloseLingerMilliseconds))
+            }
         case .streamReset:
             guard let index = serviceIndex(for: message), services[index].streamId == message.streamId else {
                 actions.append(.log(.debug, "ignoring STREAM_RESET for stream \(message.streamId): not active"))
@@ -125,7 +203,9 @@ public final class SourceSession {
                 actions.append(.log(.debug, "ignoring message of unknown \(message.type) (marked ignorable)"))
             } else {
                 actions.append(.log(.error, "received message of unknown \(message.type), not marked ignorable: reconnecting"))
-                actions.append(.reconnect(.unknownMessageType(message.type.rawValue)))
+                let reason = SessionEndReason.unknownMessageType(message.type.rawValue)
+                state = .ending(reason)
+                actions.append(.reconnect(reason))
             }
         }
     }
@@ -134,7 +214,7 @@ public final class SourceSession {
     /// unnamed `-s PORT` serves a single-service (or service-less) tunnel, and a tunnel service
     /// without a port gets a free one (logged).
     private func handleServiceIds(_ message: TunnelMessage, _ actions: inout [SourceAction]) {
-        if !services.isEmpty {
+        guard case .awaitingServiceIds = state else {
             // Already listening (the service may repeat SERVICE_IDS): nothing new to set up.
             return
         }
@@ -142,13 +222,13 @@ public final class SourceSession {
         for line in refused { actions.append(.log(.error, line)) }
         if ids.isEmpty {
             guard mappings.count == 1 else {
-                actions.append(.fatal(.sourceServiceMismatch(mapped: mappings.map { $0.serviceId }, tunnel: [])))
+                fatal(.sourceServiceMismatch(mapped: mappings.map { $0.serviceId }, tunnel: []), &actions)
                 return
             }
             services.append(Service(serviceId: "", serviceIdBytes: [], port: mappings[0].port))
         } else if mappings.count == 1 && mappings[0].serviceId.isEmpty {
             if ids.count > 1 {
-                actions.append(.fatal(.sourceServiceMismatch(mapped: [""], tunnel: ids)))
+                fatal(.sourceServiceMismatch(mapped: [""], tunnel: ids), &actions)
                 return
             }
             services.append(Service(serviceId: ids[0], serviceIdBytes: Array(ids[0].utf8), port: mappings[0].port))
@@ -162,10 +242,15 @@ public final class SourceSession {
                 actions.append(.log(.warning, "service \(m.serviceId) is mapped with -s but the tunnel does not offer it"))
             }
         }
+        state = .serving
         for (i, s) in services.enumerated() {
-            services[i].listening = true
             actions.append(.listen(service: i, serviceId: s.serviceId, port: s.port))
         }
+    }
+
+    private func fatal(_ reason: SessionEndReason, _ actions: inout [SourceAction]) {
+        state = .ending(reason)
+        actions.append(.fatal(reason))
     }
 
     /// A message without serviceId goes to the only service, or to the service whose current
@@ -216,7 +301,7 @@ public final class SourceSession {
     /// A local client connected to the service's port. Returns its id, or nil when the service
     /// already has its maximum of connections (the runtime then closes the socket).
     public func accepted(service index: Int, into actions: inout [SourceAction]) -> LocalConnectionID? {
-        guard index < services.count else { return nil }
+        guard case .serving = state, index < services.count else { return nil }
         if services[index].connections.count >= settings.maximumConnectionsPerService {
             actions.append(.log(.warning, "refusing a connection to \(label(index)): \(settings.maximumConnectionsPerService) are already open"))
             return nil
@@ -254,7 +339,32 @@ public final class SourceSession {
         return id
     }
 
-    /// The local connection is over (after its bytes went out): tell the destination.
+    /// The local client ended its sending direction (EOF or a read error) and every byte read
+    /// from it went to the tunnel. The connection lingers for the destination's answer (see the
+    /// file's header); a second report changes nothing. A connection no longer in the session
+    /// has nothing to wait for and is closed.
+    public func localEnded(_ id: LocalConnectionID, into actions: inout [SourceAction]) {
+        guard var c = connections[id] else {
+            actions.append(.closeLocal(id))
+            return
+        }
+        guard case .open = c.phase else { return }
+        c.phase = .halfClosed
+        connections[id] = c
+        actions.append(.startLinger(id, milliseconds: settings.halfCloseLingerMilliseconds))
+    }
+
+    /// The linger timer of a half-closed connection fired: no tunnel data came for the linger
+    /// time, so the connection is closed and the destination told. An expiry for a connection
+    /// that is gone or not half-closed (a timer the runtime did not stop in time) is ignored.
+    public func lingerExpired(_ id: LocalConnectionID, into actions: inout [SourceAction]) {
+        guard case .halfClosed? = connections[id]?.phase else { return }
+        actions.append(.log(.debug, "local connection \(id): no answer for \(settings.halfCloseLingerMilliseconds) ms after its half-close: closing"))
+        localClosed(id, into: &actions)
+    }
+
+    /// The local connection is over (after its bytes went out), or a write to a half-closed
+    /// client failed (it is gone both ways): tell the destination.
     public func localClosed(_ id: LocalConnectionID, into actions: inout [SourceAction]) {
         guard let c = connections[id] else { return }
         actions.append(.closeLocal(id))
@@ -300,5 +410,6 @@ public final class SourceSession {
     public func closeAll(into actions: inout [SourceAction]) {
         for i in services.indices { endStream(i, abort: true, &actions) }
         connections.removeAll()
+        state = .closed
     }
 }

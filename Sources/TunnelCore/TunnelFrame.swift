@@ -1,5 +1,5 @@
 /// Tunnel framing: every message travels as a 2-byte big-endian length followed by that many bytes
-/// of protobuf (PROTOCOL.md §5). The framed byte stream is independent of WebSocket framing: one
+/// of protobuf (docs/PROTOCOL.md §5). The framed byte stream is independent of WebSocket framing: one
 /// WebSocket frame may carry several messages or a piece of one.
 public enum TunnelFrame {
     /// Bytes of the length prefix.

@@ -1,4 +1,4 @@
-/// The tunnel's one protobuf message (`com.amazonaws.iot.securedtunneling.Message`, PROTOCOL.md §6).
+/// The tunnel's one protobuf message (`com.amazonaws.iot.securedtunneling.Message`, docs/PROTOCOL.md §6).
 ///
 /// Decoding follows proto3: fields in any order, the last of a repeated scalar wins, unknown fields
 /// of every wire type are skipped, and a known field number arriving with another wire type is

@@ -1,5 +1,5 @@
 /// A web proxy between the device and the tunnelling service, crossed with HTTP CONNECT
-/// (RFC 9110 §9.3.6; PROTOCOL.md §2.3): the proxy URL from `https_proxy`, the `no_proxy` test,
+/// (RFC 9110 §9.3.6; docs/PROTOCOL.md §2.3): the proxy URL from `https_proxy`, the `no_proxy` test,
 /// the CONNECT request, and a bounded reader of the proxy's answer. No I/O: the connection
 /// sends `connectRequest` and feeds what the proxy answers to `WebProxyAnswerReader`.
 

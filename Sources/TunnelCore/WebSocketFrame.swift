@@ -1,5 +1,5 @@
 /// RFC 6455 framing for the tunnel's WebSocket: binary messages only, no extensions, frames of at
-/// most 131,076 payload bytes (the service's limit, PROTOCOL.md §4).
+/// most 131,076 payload bytes (the service's limit, docs/PROTOCOL.md §4).
 
 /// Which end of the WebSocket we are. A client masks what it sends and expects unmasked frames;
 /// a server the reverse.

@@ -1,4 +1,4 @@
-/// The opening handshake of the tunnel's WebSocket (PROTOCOL.md §3): the client's request, the
+/// The opening handshake of the tunnel's WebSocket (docs/PROTOCOL.md §3): the client's request, the
 /// client's incremental reading of the response, and the server side (for the emulator).
 
 /// The role a proxy plays in a tunnel, as named in `local-proxy-mode`.
@@ -62,7 +62,7 @@ public enum WebSocketUpgradeError: Error, Equatable, CustomStringConvertible {
 // MARK: Client request
 
 public struct WebSocketUpgradeRequest {
-    /// The whole request must fit in 4 KB (PROTOCOL.md §3.1).
+    /// The whole request must fit in 4 KB (docs/PROTOCOL.md §3.1).
     public static let maximumLength = 4096
 
     /// Value of the `Host` header (the endpoint host; the reference omits the port).
@@ -122,7 +122,7 @@ public struct WebSocketUpgradeRequest {
     }
 }
 
-/// `client-token`: 32 to 128 characters of `[A-Za-z0-9-]` (PROTOCOL.md §3.1).
+/// `client-token`: 32 to 128 characters of `[A-Za-z0-9-]` (docs/PROTOCOL.md §3.1).
 public func isValidClientToken(_ token: String) -> Bool {
     let bytes = Array(token.utf8)
     guard bytes.count >= 32 && bytes.count <= 128 else { return false }

@@ -1,6 +1,6 @@
 import TunnelCore
 
-/// The data plane's admission of a WebSocket upgrade (PROTOCOL.md §3, §10.1, §14.1), split in two
+/// The data plane's admission of a WebSocket upgrade (docs/PROTOCOL.md §3, §10.1, §14.1), split in two
 /// pure steps so that every decision can be tested from request text alone:
 /// `Admission.read` checks the request itself (size, path, mode, tokens, subprotocol), then
 /// `TunnelRegistry.admit` checks the token against the tunnels.
@@ -20,7 +20,7 @@ public struct Rejection: Error, Equatable, CustomStringConvertible, Sendable {
 
     public var description: String { "\(status) \(body)" }
 
-    // The wording of the first two follows the service's own messages (PROTOCOL.md §3.3).
+    // The wording of the first two follows the service's own messages (docs/PROTOCOL.md §3.3).
     public static let tokenPreviouslyUsed = Rejection(
         400, "Invalid access token: The access token was previously used and can not be used again.")
     public static let clientTokenMismatch = Rejection(
@@ -54,7 +54,7 @@ public struct AdmissionRequest: Equatable, Sendable {
 }
 
 public enum Admission {
-    /// The request head must fit in 4 KB (PROTOCOL.md §3.1).
+    /// The request head must fit in 4 KB (docs/PROTOCOL.md §3.1).
     public static let maximumHeadLength = 4096
     public static let cookieName = "awsiot-tunnel-token"
 
@@ -186,7 +186,7 @@ extension Substring {
     }
 }
 
-/// Identifiers shaped like the service's `channel-id` (PROTOCOL.md §3.2): five dash-separated
+/// Identifiers shaped like the service's `channel-id` (docs/PROTOCOL.md §3.2): five dash-separated
 /// hexadecimal groups of 16, 8, 8, 16 and 8 digits. Here they are an instance id, the process
 /// id, a connection counter, random bits and the time, which makes them unique and lets a log
 /// reader see which emulator run and which connection a channel belongs to.

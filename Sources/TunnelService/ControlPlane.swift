@@ -1,4 +1,4 @@
-/// The control plane's operations (CONTROL-PLANE.md) over AWS JSON 1.1: one `POST /` per call,
+/// The control plane's operations (docs/PROTOCOL.md §1) over AWS JSON 1.1: one `POST /` per call,
 /// the operation in `X-Amz-Target`, members checked against the service model's shapes
 /// (botocore's `iotsecuretunneling/2018-10-05/service-2.json`). HTTP is handled elsewhere; this
 /// type maps a request's target, credentials and body to a status, a JSON body and the effects

@@ -21,7 +21,7 @@ struct AcceptedUpgrade {
     var admitted: TunnelRegistry.Admitted
 }
 
-/// The TLS WebSocket endpoint (PROTOCOL.md §14): accepts connections, admits them against the
+/// The TLS WebSocket endpoint (docs/PROTOCOL.md §14): accepts connections, admits them against the
 /// registry, pairs the source and destination of each tunnel, and relays tunnel messages
 /// between them with back-pressure.
 ///

@@ -1,6 +1,6 @@
 import TunnelCore
 
-/// The checks the service applies to every tunnel message a client sends (PROTOCOL.md §6.2,
+/// The checks the service applies to every tunnel message a client sends (docs/PROTOCOL.md §6.2,
 /// §14.4). A violation closes the sender's WebSocket; the close code and a reason naming the
 /// rule are part of the verdict, so the rules can be tested without any connection.
 
@@ -36,7 +36,7 @@ public struct ConnectionRules: Sendable {
     public private(set) var startedServices: Set<[UInt8]> = []
 
     /// Whether the connection's stream-scoped messages carry a serviceId. Fixed by its first
-    /// stream-scoped message; going from "without" to "with" is refused (PROTOCOL.md §11).
+    /// stream-scoped message; going from "without" to "with" is refused (docs/PROTOCOL.md §11).
     enum Format: Equatable, Sendable { case undecided, withoutServiceId, withServiceId }
     private(set) var format = Format.undecided
 

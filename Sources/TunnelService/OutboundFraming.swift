@@ -1,4 +1,4 @@
-/// How the emulator cuts the tunnel byte stream it relays into WebSocket frames (PROTOCOL.md §4,
+/// How the emulator cuts the tunnel byte stream it relays into WebSocket frames (docs/PROTOCOL.md §4,
 /// §14.4). Tunnel messages always arrive intact and in order; only the frame boundaries differ,
 /// which is what receivers must be indifferent to.
 public enum FramingMode: Equatable, Sendable, CustomStringConvertible {

@@ -95,7 +95,7 @@ public struct TunnelRecord: Equatable, Codable, Sendable {
     }
 }
 
-/// Whether a single-use access token was used, and with which client token (PROTOCOL.md §10.1).
+/// Whether a single-use access token was used, and with which client token (docs/PROTOCOL.md §10.1).
 public enum TokenUse: Equatable, Codable, Sendable {
     case unused
     case used(clientToken: String?)

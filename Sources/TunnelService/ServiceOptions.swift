@@ -2,7 +2,7 @@
 /// refusal is testable.
 
 public enum ReconnectPolicy: String, Equatable, Sendable, CaseIterable {
-    /// Tell the other side nothing (peers "have no knowledge" of each other, PROTOCOL.md §14.5).
+    /// Tell the other side nothing (peers "have no knowledge" of each other, docs/PROTOCOL.md §14.5).
     case none
     /// Send the other side STREAM_RESET for each stream that was active (the V1 guide's "peer
     /// replaced" behaviour).

@@ -7,7 +7,7 @@ import TunnelCore
 public final class TunnelRegistry {
     /// The account the ARNs name; any fixed value does, since nothing checks it.
     public static let accountId = "123456789012"
-    /// The service's default and maximum tunnel lifetime (PROTOCOL.md §1).
+    /// The service's default and maximum tunnel lifetime (docs/PROTOCOL.md §1).
     public static let defaultLifetimeMinutes = 720
 
     public let region: String
@@ -218,7 +218,7 @@ public final class TunnelRegistry {
     }
 
     /// Decides whether a well-formed upgrade may attach, and consumes the token if so
-    /// (single use, PROTOCOL.md §10.1).
+    /// (single use, docs/PROTOCOL.md §10.1).
     public func admit(_ request: AdmissionRequest) -> Result<Admitted, Rejection> {
         guard var token = tokens[request.accessToken], let record = tunnels[token.tunnelId] else {
             return .failure(.unknownToken)
@@ -289,7 +289,7 @@ public final class TunnelRegistry {
 }
 
 /// Close codes and reasons the data plane sends to clients for events outside the WebSocket
-/// itself. The service documents none of them (PROTOCOL.md §4); these are the emulator's choices.
+/// itself. The service documents none of them (docs/PROTOCOL.md §4); these are the emulator's choices.
 public enum DataPlaneClose {
     public struct Frame: Equatable, Sendable {
         public var code: UInt16

@@ -1,5 +1,5 @@
 // The command line, `--config` files and the environment turned into a `Configuration`
-// (PROTOCOL.md §2.1, §8.1, §9, §15). Every test hands the parser its own environment, file
+// (docs/PROTOCOL.md §2.1, §8.1, §9, §15). Every test hands the parser its own environment, file
 // contents and permission bits, so the result does not depend on the machine. The exception is
 // `--config-dir`: the parser lists that directory itself, so those tests build a real one.
 import Foundation
@@ -956,6 +956,124 @@ private func tcp(_ host: String, _ port: UInt16, _ service: String = "") -> Serv
             #expect(!help.contains("--\(long)"), "help now lists --\(long): drop it from unadvertised")
             #expect(ConfigurationParser.spec(long: long) != nil)
         }
+    }
+
+    /// The help is printed from the option table: each option the parser takes has exactly one
+    /// line in it, and no line names an option the parser does not take.
+    @Test func helpListsEachOptionExactlyOnce() {
+        var listed: [String] = []
+        for line in LocalProxyMain.helpText.split(separator: "\n").map(String.init) {
+            // An option's first line: "  -x, --long VALUE  text" or "      --long VALUE  text".
+            let names: Substring
+            if line.hasPrefix("      --") {
+                names = line.dropFirst(8)
+            } else if line.hasPrefix("  -"), line.dropFirst(4).hasPrefix(", --") {
+                names = line.dropFirst(8)
+            } else {
+                continue
+            }
+            listed.append(String(names.prefix { $0 != " " }))
+        }
+        let advertised = ConfigurationParser.options.map(\.long).filter { !Self.unadvertised.contains($0) }
+        #expect(listed.sorted() == advertised.sorted())
+    }
+
+    @Test func helpKeepsItsColumns() {
+        let help = LocalProxyMain.helpText
+        #expect(help.contains("\n  -h, --help                      show this help and exit\n"))
+        #expect(help.contains("\n      --config-dir DIR            destination: SVC=ENDPOINT lines from files in DIR, used\n"
+                              + "                                  when -d is not given\n"))
+        // Names that reach into the column get two spaces.
+        #expect(help.contains("\n  -e, --proxy-endpoint HOST[:PORT]  endpoint instead of -r (port 443 by default)\n"))
+        #expect(help.contains("\nOptions:\n"))
+        #expect(help.contains("\n\nAgent mode (device side, tokens delivered by AWS IoT over MQTT instead of -t):\n"))
+        #expect(help.contains("the tunneling service.\n\nEnvironment: AWSIOT_TUNNEL_ACCESS_TOKEN"))
+    }
+
+    /// Each row of the table: `-x, --long[ VALUE]` or `--long[ VALUE]`, names used once.
+    @Test func optionTableIsWellFormed() {
+        let options = ConfigurationParser.options
+        for option in options {
+            let expected = (option.short.map { "-\($0), " } ?? "") + "--" + option.long
+            #expect(option.names.hasPrefix(expected), "\(option.names)")
+            #expect(!option.long.isEmpty && !option.long.contains("="), "\(option.names)")
+            #expect(option.takesValue == option.names.dropFirst(expected.count).hasPrefix(" "), "\(option.names)")
+            #expect(options.filter { $0.long == option.long }.count == 1, "--\(option.long) twice")
+            if let short = option.short {
+                #expect(options.filter { $0.short == short }.count == 1, "-\(short) twice")
+            }
+            // What --help shows is what the parser takes.
+            #expect((option.group == .unadvertised) == Self.unadvertised.contains(option.long))
+            #expect(option.help.isEmpty == (option.group == .unadvertised))
+            #expect(ConfigurationParser.spec(long: option.long)?.names == option.names)
+        }
+    }
+
+    /// Every row's handler is reached: each option is given with a sample value and its effect
+    /// checked. An option added to the table without a sample here fails this test.
+    @Test func everyOptionReachesItsHandler() throws {
+        var w = World()
+        w.tokenFile("/etc/tok", "FileToken0123")
+        w.files["/c"] = "verbose = 6\n"
+        w.modes["/c"] = 0o644
+        w.modes["/device.crt"] = 0o644
+        w.modes["/device.key"] = 0o600
+        let agent = try w.run(["--mqtt-endpoint", "broker.example:443", "--thing-name", "gw1", "--cert", "/device.crt",
+                               "--key", "/device.key", "--mqtt-client-id", "gw1-agent", "--mqtt-keep-alive", "30", "-d", "22"]).agent
+        for option in ConfigurationParser.options {
+            let long = option.long
+            switch long {
+            case "help": #expect(kind(try w.parse(base + ["--help"])) == "help")
+            case "version": #expect(kind(try w.parse(base + ["--version"])) == "version")
+            case "settings-json", "export-default-settings": w.failure(base + ["--" + long, "s.json"], mentioning: "not supported")
+            case "access-token": #expect(try w.run(base + ["-t", "CliToken0123"]).accessToken == "CliToken0123")
+            case "access-token-file": #expect(try w.run(base + ["--access-token-file", "/etc/tok"]).accessTokenFile == "/etc/tok")
+            case "client-token": #expect(try w.run(base + ["-i", uuid]).clientToken == uuid)
+            case "region": #expect(try w.run(["-r", "eu-west-1", "-d", "22"]).endpointHost == "data.tunneling.iot.eu-west-1.amazonaws.com")
+            case "proxy-endpoint": #expect(try w.run(["-e", "example.com:8443", "-d", "22"]).endpointPort == 8443)
+            case "mode": w.failure(["-r", "us-east-1", "-m", "src"], mentioning: "source mode needs -s")
+            case "local-bind-address": #expect(try w.run(base + ["-b", "10.0.0.5"]).bindAddress == "10.0.0.5")
+            case "capath": #expect(try w.run(base + ["-c", "/a.pem"]).trustPaths == ["/a.pem"])
+            case "no-ssl-host-verify": #expect(try w.run(base + ["-k"]).verifyCertificates == false)
+            case "verbose": #expect(try w.run(base + ["-v", "6"]).verbosity == 6)
+            case "config": #expect(try w.run(base + ["--config", "/c"]).verbosity == 6)
+            case "syslog": #expect(try w.run(base + ["--syslog"]).systemLogPath == "/dev/log")
+            case "log-format": #expect(try w.run(base + ["--log-format", "json"]).logFormat == .json)
+            case "dns": #expect(try w.run(base + ["--dns", "builtin"]).resolverMode == .builtin)
+            case "destination-app": #expect(try w.run(["-r", "us-east-1", "-d", "SSH=2222"]).destinationMappings == [tcp("127.0.0.1", 2222, "SSH")])
+            case "config-dir": #expect(try w.run(base + ["--config-dir", "/etc/lp.d"]).configDirectory == "/etc/lp.d")
+            case "connect-retries": #expect(try w.run(base + ["--connect-retries", "7"]).connectRetries == 7)
+            case "connect-retry-delay-ms": #expect(try w.run(base + ["--connect-retry-delay-ms", "250"]).connectRetryDelayMilliseconds == 250)
+            case "source-listen-port": #expect(pairs(try w.run(["-r", "us-east-1", "-s", "5555"])) == ["=5555"])
+            case "destination-client-type": #expect(try w.run(base + ["-y", "V2"]).destinationClientType == .v2)
+            case "half-close-linger-ms": #expect(try w.run(base + ["--half-close-linger-ms", "5"]).halfCloseLingerMilliseconds == 5)
+            case "ping-interval-ms": #expect(try w.run(base + ["--ping-interval-ms", "1000"]).pingIntervalMilliseconds == 1000)
+            case "pong-timeout-ms": #expect(try w.run(base + ["--pong-timeout-ms", "30000"]).pongTimeoutMilliseconds == 30_000)
+            case "stall-timeout-ms": #expect(try w.run(base + ["--stall-timeout-ms", "0"]).stallTimeoutMilliseconds == 0)
+            case "reconnect-delay-max-ms": #expect(try w.run(base + ["--reconnect-delay-max-ms", "60000"]).reconnectDelayMaximumMilliseconds == 60_000)
+            case "max-payload": #expect(try w.run(base + ["--max-payload", "1000"]).maximumPayload == 1000)
+            case "token-wait-ms": #expect(try w.run(base + ["--token-wait-ms", "0"]).tokenWaitMilliseconds == 0)
+            case "mqtt-endpoint": #expect(agent?.brokerHost == "broker.example" && agent?.brokerPort == 443)
+            case "thing-name": #expect(agent?.thingName == "gw1")
+            case "cert": #expect(agent?.certificateFile == "/device.crt")
+            case "key": #expect(agent?.keyFile == "/device.key")
+            case "mqtt-client-id": #expect(agent?.clientId == "gw1-agent")
+            case "mqtt-keep-alive": #expect(agent?.keepAliveSeconds == 30)
+            default: Issue.record("no sample for --\(long): add one to this test")
+            }
+        }
+    }
+
+    /// The handlers run once each, with the option's last value, in the table's order: so an
+    /// earlier bad value is replaced rather than reported, and the first error does not depend
+    /// on the order of the arguments.
+    @Test func onlyTheLastValueIsApplied() throws {
+        #expect(try world.run(base + ["-v", "9", "-v", "5"]).verbosity == 5)
+        #expect(try world.run(base + ["-c", "/a.pem", "-c", "/b.pem"]).trustPaths == ["/b.pem"])
+        #expect(try world.run(base + ["-m", "both", "-m", "dst"]).mode == .destination)
+        let one = world.failure(base + ["-v", "9", "--max-payload", "0"])
+        let other = world.failure(base + ["--max-payload", "0", "-v", "9"])
+        #expect(one == other)
     }
 
     // MARK: Web proxy (https_proxy, no_proxy)

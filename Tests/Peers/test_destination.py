@@ -369,7 +369,7 @@ def test_service_selftest_session_with_websockets_client(pb, tunnel_certs):
                 assert await peer.ping(b"abc") >= 0
                 assert service.violations == []
                 # A destination may not send STREAM_START: the service records it and, as the
-                # real service does (PROTOCOL.md 14.4), disconnects the client with 1008.
+                # real service does (docs/PROTOCOL.md 14.4), disconnects the client with 1008.
                 bad = pb.Message(type=pb.Message.STREAM_START, streamId=1, serviceId="SSH", connectionId=1)
                 await ws.send(frame_message(bad.SerializeToString()))
                 await service.wait_until(lambda: service.violations, WAIT, "a violation")
@@ -508,6 +508,7 @@ def test_two_services_at_once(localproxy, tunnel_certs, pb):
     run(scenario())
 
 
+@pytest.mark.cross
 def test_64_simultaneous_v3_connections(localproxy, tunnel_certs, pb):
     count = 64
 
@@ -538,13 +539,14 @@ def test_64_simultaneous_v3_connections(localproxy, tunnel_certs, pb):
                 for conn in range(1, count + 1):
                     await peer.connection_reset(3, conn)
                 await echo.wait_all_closed(WAIT)
-                # Resets for connections the source closed may be echoed back (PROTOCOL.md 8.4).
+                # Resets for connections the source closed may be echoed back (docs/PROTOCOL.md 8.4).
                 assert_no_unexpected_controls(peer, allowed=("CONNECTION_RESET",))
                 service.assert_clean()
 
     run(scenario())
 
 
+@pytest.mark.cross
 def test_big_transfer_device_to_source(localproxy, tunnel_certs, pb):
     total = BIG_MIB * MIB
 
@@ -572,6 +574,7 @@ def test_big_transfer_device_to_source(localproxy, tunnel_certs, pb):
     run(scenario(), timeout=max(240.0, BIG_MIB * 2.0))
 
 
+@pytest.mark.cross
 def test_big_transfer_source_to_device(localproxy, tunnel_certs, pb):
     total = BIG_MIB * MIB
 
@@ -675,6 +678,7 @@ def test_every_cut_position_inside_a_message(localproxy, tunnel_certs, pb):
 # ======================================================================================
 
 
+@pytest.mark.cross
 def test_slow_local_consumer_bounds_memory(localproxy, tunnel_certs, pb):
     total = 64 * MIB
     slow_bytes = 256 * 1024  # about 4 s at 64 KiB/s
@@ -875,6 +879,8 @@ def test_failed_connection_start_resets_only_that_connection(localproxy, tunnel_
 # ======================================================================================
 
 
+@pytest.mark.valgrind
+@pytest.mark.cross
 def test_service_dropping_tcp_mid_transfer_reconnects_with_same_tokens(localproxy, tunnel_certs, pb):
     async def scenario():
         async with EchoServer("echo") as echo, new_service(pb, tunnel_certs, single_use=True) as service:
@@ -928,7 +934,7 @@ def test_reused_token_rejected_with_400_exits_2(localproxy, tunnel_certs, pb):
 
 
 def test_server_errors_on_handshake_are_retried(localproxy, tunnel_certs, pb):
-    # 5xx means "try again" (PROTOCOL.md 3.3); the backoff is capped by --reconnect-delay-max-ms.
+    # 5xx means "try again" (docs/PROTOCOL.md 3.3); the backoff is capped by --reconnect-delay-max-ms.
     async def scenario():
         async with EchoServer("echo") as echo, new_service(pb, tunnel_certs) as service:
             service.reject_next.extend([(503, "Service Unavailable"), (502, "Bad Gateway"), (500, "Internal error")])
@@ -949,6 +955,8 @@ def test_server_errors_on_handshake_are_retried(localproxy, tunnel_certs, pb):
     run(scenario())
 
 
+@pytest.mark.valgrind
+@pytest.mark.cross
 def test_close_frame_from_service_exits_0(localproxy, tunnel_certs, pb):
     async def scenario():
         async with EchoServer("echo") as echo, new_service(pb, tunnel_certs) as service:
@@ -1028,6 +1036,8 @@ def test_access_token_never_logged(localproxy, tunnel_certs, pb, token_via):
     run(scenario())
 
 
+@pytest.mark.valgrind
+@pytest.mark.cross
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_closes_with_1000_and_exits_0(localproxy, tunnel_certs, pb, sig):
     async def scenario():
@@ -1180,7 +1190,7 @@ def test_new_stream_start_replaces_the_old_stream(localproxy, tunnel_certs, pb):
                 await peer.start_stream(1)
                 await echo_round_trip(peer, echo, 1, b"old stream\n")
                 # A newer STREAM_START for the same service closes the old stream and starts the
-                # new one at once (PROTOCOL.md 8.4); late DATA for the old stream is stale.
+                # new one at once (docs/PROTOCOL.md 8.4); late DATA for the old stream is stale.
                 await peer.send(peer.message(pb.Message.STREAM_START, 2, connection_id=1),
                                 *peer.data_messages(1, b"stale\n"),
                                 *peer.data_messages(2, b"new stream\n"), framing="coalesce")
@@ -1195,7 +1205,7 @@ def test_new_stream_start_replaces_the_old_stream(localproxy, tunnel_certs, pb):
 
 
 def test_service_ids_repeated_mid_session_are_tolerated(localproxy, tunnel_certs, pb):
-    # Whether the service re-sends SERVICE_IDS is not known (PROTOCOL.md 14.3); a destination
+    # Whether the service re-sends SERVICE_IDS is not known (docs/PROTOCOL.md 14.3); a destination
     # must accept it at any time without disturbing streams.
     async def scenario():
         async with EchoServer("echo") as echo, new_service(pb, tunnel_certs) as service:

@@ -665,6 +665,10 @@ def test_openwrt_uci_becomes_the_proxy_command_line(shell, world):
 
 # ---- make install ----------------------------------------------------------------------------
 
+# The agent-mode settings of localproxy.conf (docs/AGENT.md).
+AGENT_KEYS = ("mqtt-endpoint", "thing-name", "cert", "key", "mqtt-client-id", "mqtt-keep-alive")
+
+
 def test_make_install_lays_out_a_gateway(localproxy, tmp_path):
     dest = tmp_path / "root"
     done = run(["make", "-s", "install", f"DESTDIR={dest}", "PREFIX=/opt/lp", f"BIN={localproxy}"], cwd=REPO)
@@ -696,6 +700,7 @@ def test_make_install_lays_out_a_gateway(localproxy, tmp_path):
     assert done.returncode == 1 and "no tunnel endpoint" in done.stderr, \
         f"the shipped localproxy.conf should fail only for want of an endpoint: {shown(done)}\n{conf}"
     # Every commented default, uncommented, is accepted: the proxy starts and tries to connect.
+    # (The agent-mode lines are an alternative to the token file, not defaults: they stay out.)
     token = tmp_path / "token"
     token.write_text("token\n")
     os.chmod(token, 0o600)
@@ -705,7 +710,7 @@ def test_make_install_lays_out_a_gateway(localproxy, tmp_path):
     lines = []
     for line in conf.splitlines():
         m = re.fullmatch(r"#\s*([a-z-]+) = (\S+)", line)
-        if m and m.group(1) not in ("client-token", "region", "proxy-endpoint"):
+        if m and m.group(1) not in ("client-token", "region", "proxy-endpoint", *AGENT_KEYS):
             line = f"{m.group(1)} = {m.group(2)}"
         lines.append(line)
     text = "\n".join(lines).replace("/etc/localproxy/services.d", str(services))
@@ -778,6 +783,7 @@ DEB_FILES = {
 }
 
 
+@pytest.mark.deb_file
 @pytest.mark.parametrize("arch", DEB_ARCHES)
 def test_deb_file_info_and_contents(arch, debs, tmp_path):
     deb = deb_for(debs, arch)
@@ -829,6 +835,7 @@ def test_deb_file_info_and_contents(arch, debs, tmp_path):
     assert "Permission is hereby granted, free of charge" in libuv_notice, libuv_notice[:400]
 
 
+@pytest.mark.deb_file
 @pytest.mark.parametrize("arch", DEB_ARCHES)
 def test_deb_file_lintian(arch, debs):
     lintian = shutil.which("lintian")

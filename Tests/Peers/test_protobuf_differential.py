@@ -601,7 +601,7 @@ def test_swift_random_generator_is_seeded_and_varied(pb, probe):
     assert any(m.connectionId != 0 for m in messages)
 
 
-# The verified encodings of PROTOCOL.md section 6.1, as canonical text and hex.
+# The verified encodings of docs/PROTOCOL.md section 6.1, as canonical text and hex.
 SPEC_VECTORS = [
     ("type=2 stream=1 ignorable=0 payload= service=535348 ids= conn=1", "08021001 2a03535348 3801"),
     ("type=1 stream=1 ignorable=0 payload=6869 service=535348 ids= conn=1", "08011001 22026869 2a03535348 3801"),

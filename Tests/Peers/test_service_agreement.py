@@ -4,7 +4,7 @@ Two implementations of the tunneling service's data plane exist for tests: `Tunn
 tunnel_service.py (the double the destination end-to-end tests talk to) and the Swift emulator
 `tunnel-service` (docs/EMULATOR.md). They must agree on every scenario both can run. Each test
 here is parametrised over the two ("python" and "emulator"), plays the same scenario against
-each with hand-made bytes over TLS, and asserts one expected outcome: what PROTOCOL.md says
+each with hand-made bytes over TLS, and asserts one expected outcome: what docs/PROTOCOL.md says
 (§3, §4, §6.1, §10.1, §14), or, where it says nothing, what both implementations do.
 
 The client side is written by hand (HTTP request, masked frames, frame parser) rather than
@@ -12,7 +12,7 @@ with `websockets`, so that every observable byte (status line, headers, body, fr
 payloads, close codes) is seen exactly as the service sent it, and requests no well-behaved
 client library would send can be made.
 
-Where the two disagree, the test asserts the behaviour judged right per PROTOCOL.md and the
+Where the two disagree, the test asserts the behaviour judged right per docs/PROTOCOL.md and the
 implementation that is wrong carries a strict `xfail` whose reason starts with
 "DISAGREEMENT" (the `wrong` argument of `cases` and `both`). Strict: once that implementation
 is fixed the case passes unexpectedly and the mark has to go. None is marked today: the

@@ -39,7 +39,7 @@ from websockets.frames import Close, Frame, Opcode
 SUBPROTOCOL = "aws.iot.securetunneling-3.0"
 TUNNEL_SUBPROTOCOLS = [SUBPROTOCOL, "aws.iot.securetunneling-2.0", "aws.iot.securetunneling-1.0"]
 # The size classes straddle each WebSocket length encoding (7-bit, 16-bit, 64-bit) and end
-# at the service's frame limit of 131,076 bytes (PROTOCOL.md section 4).
+# at the service's frame limit of 131,076 bytes (docs/PROTOCOL.md section 4).
 SIZES = (0, 125, 126, 65535, 65536, 131076)
 MAX_FRAME_PAYLOAD = 131_076
 # Generous enough for the largest legal message plus slack, so that only the probe's own
@@ -234,7 +234,7 @@ async def run_client_probe(probe: str, port: int, fragment: int) -> tuple[int, l
 
 
 def assert_source_upgrade_request(request):
-    """Check the probe's upgrade request against PROTOCOL.md section 3.1."""
+    """Check the probe's upgrade request against docs/PROTOCOL.md section 3.1."""
     assert request.path == "/tunnel?local-proxy-mode=source"
     assert request.headers.get_all("access-token") == ["probe-access-token"]
     client_token = request.headers.get_all("client-token")
@@ -295,7 +295,7 @@ def test_ws_client_round_trips_every_size(probe, fragment, fragmented_echo, chan
 def test_ws_client_uses_a_fresh_websocket_key(probe):
     # Sec-WebSocket-Key must be random per connection, or the accept check proves nothing.
     # The client token, by contrast, may legitimately stay the same across connections
-    # (PROTOCOL.md section 10 reuses it on reconnect), so only its shape is checked.
+    # (docs/PROTOCOL.md section 10 reuses it on reconnect), so only its shape is checked.
     async def scenario():
         async with EchoServer() as server:
             for _ in range(2):

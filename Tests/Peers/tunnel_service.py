@@ -1,7 +1,7 @@
 """A test double of the AWS IoT Secure Tunneling data plane, plus a scripted source peer.
 
 `TunnelService` is a TLS WebSocket server that admits one destination client at a time the
-way the service does (PROTOCOL.md sections 3, 10.1 and 14): it checks the request, records
+way the service does (docs/PROTOCOL.md sections 3, 10.1 and 14): it checks the request, records
 every handshake, takes the access token from the `access-token` header or the
 `awsiot-tunnel-token` cookie, emulates single-use access tokens bound to a client token (a
 newer connection with the bound client token displaces the live one), answers with the
@@ -51,15 +51,15 @@ SUBPROTOCOL = "aws.iot.securetunneling-3.0"
 SUBPROTOCOL_V2 = "aws.iot.securetunneling-2.0"
 SUBPROTOCOL_V1 = "aws.iot.securetunneling-1.0"
 # The tunnel subprotocols the service accepts, most preferred (highest) first; the 101 echoes
-# the first of these the client offered (PROTOCOL.md sections 3.1, 3.2 and 14.1).
+# the first of these the client offered (docs/PROTOCOL.md sections 3.1, 3.2 and 14.1).
 SUBPROTOCOLS = (SUBPROTOCOL, SUBPROTOCOL_V2, SUBPROTOCOL_V1)
 # The cookie a client may carry the access token in instead of the header (section 3.1).
 TOKEN_COOKIE = "awsiot-tunnel-token"
 # The service neither sends nor accepts WebSocket frames with more payload than this
-# (PROTOCOL.md section 4), and never puts more than this into one DATA payload (section 5).
+# (docs/PROTOCOL.md section 4), and never puts more than this into one DATA payload (section 5).
 MAX_WS_FRAME = 131_076
 MAX_PAYLOAD = 64_512
-# The service's observed answer to a reused single-use token (PROTOCOL.md section 3.3).
+# The service's observed answer to a reused single-use token (docs/PROTOCOL.md section 3.3).
 REUSED_TOKEN_MESSAGE = "Invalid access token: The access token was previously used and can not be used again."
 INVALID_CLIENT_TOKEN_MESSAGE = (
     "Invalid client token: The provided client token does not match the client token that was previously set."
@@ -70,7 +70,7 @@ CLIENT_TOKEN_RE = re.compile(r"[A-Za-z0-9-]{32,128}")
 # emulator (DataPlaneClose.replaced).
 REPLACED_CODE = 1000
 REPLACED_REASON = "replaced by a newer connection"
-# Messages the service lets a destination send (PROTOCOL.md section 8.5).
+# Messages the service lets a destination send (docs/PROTOCOL.md section 8.5).
 DESTINATION_TYPES = {"DATA", "STREAM_RESET", "CONNECTION_RESET"}
 # Type numbers (section 6) of the messages the service disconnects a destination for sending
 # (sections 6.2 and 14.4): the source-only STREAM_START and CONNECTION_START, and the
@@ -441,7 +441,7 @@ class SourcePeer(Waitable):
     """The source side of one WebSocket session with the destination under test.
 
     `version` (1, 2 or 3) shapes every message this peer sends: V1 drops serviceId and
-    connectionId, V2 drops connectionId (PROTOCOL.md section 11). Calls may override it.
+    connectionId, V2 drops connectionId (docs/PROTOCOL.md section 11). Calls may override it.
     """
 
     def __init__(self, service: "TunnelService", ws, handshake: Handshake, version: int, framing: str):
@@ -859,7 +859,7 @@ class TunnelService(Waitable):
             create_connection=self._create_connection,
             logger=self.logger,
             compression=None,
-            # The service does not originate pings (PROTOCOL.md section 14.5).
+            # The service does not originate pings (docs/PROTOCOL.md section 14.5).
             ping_interval=None,
             # (message, frame) limits: the tunnel byte stream is continuous, so a fragmented
             # message may be of any size, but no frame may carry more than 131,076 bytes;

@@ -1,4 +1,4 @@
-// The destination state machine driven event by event (PROTOCOL.md §7, §8, §11, §17): every test
+// The destination state machine driven event by event (docs/PROTOCOL.md §7, §8, §11, §17): every test
 // states the exact list of actions each event must produce, so an extra or missing reset, close
 // or connect fails it. Log lines are kept apart and only checked where a message has to name
 // what is wrong.
@@ -628,5 +628,68 @@ struct DestinationSessionTests {
         #expect(h.data(1, "SSH", c: 1, "late") == [deliver(1, "late")])
         // An empty DATA has nothing to deliver.
         #expect(h.data(1, "SSH", c: 1, "") == [])
+    }
+
+    // MARK: Session and connection states
+
+    @Test func sessionStatesFollowTheTable() {
+        let h = Harness([named("SSH", ssh), named("HTTP", http)])
+        #expect(h.session.state == .awaitingServiceIds)
+        #expect(h.session.tunnelServices == nil)
+        #expect(h.start(1, "SSH", c: 1) == [.connect(1, ssh)], "streams are served before SERVICE_IDS")
+        #expect(h.serviceIds(["SSH"]) == [])
+        #expect(h.session.state == .serving(tunnelServices: ["SSH"]))
+        // SERVICE_IDS again is checked again.
+        #expect(h.serviceIds(["SSH", "HTTP"]) == [])
+        #expect(h.session.state == .serving(tunnelServices: ["SSH", "HTTP"]))
+        #expect(h.handle(TunnelMessage(type: MessageType(rawValue: 9), streamId: 1)) == [.reconnect(.unknownMessageType(9))])
+        #expect(h.session.state == .ending(.unknownMessageType(9)))
+        #expect(h.session.tunnelServices == nil)
+        // Ending: the peer's messages change nothing; local events are still followed.
+        #expect(h.data(1, "SSH", c: 1, "x") == [])
+        #expect(h.start(2, "HTTP") == [])
+        #expect(h.connected(1) == [])
+        #expect(h.closeAll() == [.reset(1)])
+        #expect(h.session.state == .closed)
+        #expect(h.start(3, "SSH", c: 1) == [])
+        #expect(h.serviceIds(["SSH"]) == [])
+        #expect(h.session.state == .closed)
+    }
+
+    @Test func fatalServiceIdsEndTheSession() {
+        let h = Harness([named("SSH", ssh)])
+        let reason = SessionEndReason.serviceMismatch(missing: ["VNC"], tunnel: ["SSH", "VNC"])
+        #expect(h.serviceIds(["SSH", "VNC"]) == [.fatal(reason)])
+        #expect(h.session.state == .ending(reason))
+        #expect(h.start(1, "SSH", c: 1) == [], "the runtime is stopping: no local connection is made")
+        #expect(h.closeAll() == [])
+        #expect(h.session.state == .closed)
+    }
+
+    /// Connect results only mean something while connecting: an open connection neither retries
+    /// nor reconnects.
+    @Test func connectEventsForAnOpenConnectionAreIgnored() {
+        let h = Harness([named("SSH", ssh)], retries: 3)
+        #expect(h.start(1, "SSH", c: 1) == [.connect(1, ssh)])
+        #expect(h.connected(1) == [])
+        #expect(h.failed(1) == [])
+        #expect(h.retryFired(1) == [])
+        #expect(h.data(1, "SSH", c: 1, "x") == [deliver(1, "x")])
+        #expect(h.session.connectionCount == 1)
+    }
+
+    /// The attempt count lives in the connecting phase: each failure moves to the next attempt
+    /// and the log names it, until the last one resets.
+    @Test func attemptsAreCountedInTheConnectingPhase() {
+        let h = Harness([named("SSH", ssh)], retries: 2, delayMilliseconds: 5)
+        #expect(h.start(1, "SSH", c: 1) == [.connect(1, ssh)])
+        #expect(h.failed(1) == [.retry(1, 5)])
+        #expect(h.logged(.warning, "retry 1 of 2"))
+        #expect(h.retryFired(1) == [.connect(1, ssh)])
+        #expect(h.failed(1) == [.retry(1, 5)])
+        #expect(h.logged(.warning, "retry 2 of 2"))
+        #expect(h.retryFired(1) == [.connect(1, ssh)])
+        #expect(h.failed(1) == [.close(1), sentStreamReset(1, "SSH")])
+        #expect(h.logged(.error, "after 3 attempts"))
     }
 }

@@ -1,4 +1,4 @@
-// Byte-level tests of the WebSocket opening handshake (RFC 6455 §4, PROTOCOL.md §3): the hash
+// Byte-level tests of the WebSocket opening handshake (RFC 6455 §4, docs/PROTOCOL.md §3): the hash
 // and base64 primitives, the client's request bytes, the client's incremental reading of the
 // service's answer (cut in every way), and the server side used by the emulator. Helpers in this
 // file are private so that they cannot clash with other test files.

@@ -1,4 +1,4 @@
-// The source state machine driven event by event (PROTOCOL.md §6, §7, §9, §11, §16.11–12).
+// The source state machine driven event by event (docs/PROTOCOL.md §6, §7, §9, §11, §16.11–12).
 // Each test spells out the whole list of actions an event has to produce, so an extra STREAM_START,
 // a missing reset or a close too many fails it. Log lines are recorded separately and are only
 // looked at where a warning is what the behaviour consists of.
@@ -20,6 +20,8 @@ private enum Act: Equatable {
     case close(UInt32)
     case reset(UInt32)
     case send(Decoded)
+    /// `startLinger`: the half-close linger timer of a connection, in milliseconds.
+    case linger(UInt32, Int)
     case reconnect(SessionEndReason)
     case fatal(SessionEndReason)
 }
@@ -57,17 +59,19 @@ private final class Harness {
     private(set) var logs: [(level: LogLevel, text: String)] = []
 
     init(_ mappings: [Mapping], format: MessageFormat = .v3, maximumConnections: Int = 128,
-         firstStreamId: Int32 = 1, firstLocalId: UInt32 = 1) {
+         firstStreamId: Int32 = 1, firstLocalId: UInt32 = 1, lingerMilliseconds: Int = 10_000) {
         var settings = SourceSessionSettings()
         settings.destinationFormat = format
         settings.maximumConnectionsPerService = maximumConnections
+        settings.halfCloseLingerMilliseconds = lingerMilliseconds
         session = SourceSession(mappings: mappings, settings: settings, firstStreamId: firstStreamId, firstLocalId: firstLocalId)
     }
 
     /// A harness whose SERVICE_IDS has already been handled (checked to have set up listeners).
     convenience init(_ mappings: [Mapping], tunnel: [String], format: MessageFormat = .v3,
-                     maximumConnections: Int = 128, firstStreamId: Int32 = 1) {
-        self.init(mappings, format: format, maximumConnections: maximumConnections, firstStreamId: firstStreamId)
+                     maximumConnections: Int = 128, firstStreamId: Int32 = 1, lingerMilliseconds: Int = 10_000) {
+        self.init(mappings, format: format, maximumConnections: maximumConnections, firstStreamId: firstStreamId,
+                  lingerMilliseconds: lingerMilliseconds)
         let acts = serviceIds(tunnel)
         precondition(!acts.isEmpty && acts.allSatisfy { if case .listen = $0 { true } else { false } },
                      "test setup: SERVICE_IDS \(tunnel) did not set up listeners: \(acts)")
@@ -84,6 +88,7 @@ private final class Harness {
             case .closeLocal(let id): out.append(.close(id.rawValue))
             case .resetLocal(let id): out.append(.reset(id.rawValue))
             case .send(let message): out.append(.send(Decoded(message)))
+            case .startLinger(let id, let milliseconds): out.append(.linger(id.rawValue, milliseconds))
             case .log(let level, let text): logs.append((level, text))
             case .reconnect(let reason): out.append(.reconnect(reason))
             case .fatal(let reason): out.append(.fatal(reason))
@@ -151,6 +156,15 @@ private final class Harness {
         return [id.map { Act.accepted($0.rawValue) } ?? .refused] + convert(actions)
     }
     func localClosed(_ id: UInt32) -> [Act] { record { session.localClosed(LocalConnectionID(id), into: &$0) } }
+    func localEnded(_ id: UInt32) -> [Act] { record { session.localEnded(LocalConnectionID(id), into: &$0) } }
+    func lingerExpired(_ id: UInt32) -> [Act] { record { session.lingerExpired(LocalConnectionID(id), into: &$0) } }
+    /// A message decoded from its protobuf bytes, as the tunnel connection hands it over.
+    func handle(bytes: [UInt8]) throws -> [Act] {
+        try bytes.withUnsafeBytes { view in
+            let message = try TunnelMessage.decode(view)
+            return handle(message)
+        }
+    }
     func stalled(_ id: UInt32) -> [Act] { record { session.localStalled(LocalConnectionID(id), milliseconds: 1500, into: &$0) } }
     func closeAll() -> [Act] { record { session.closeAll(into: &$0) } }
 
@@ -603,5 +617,127 @@ struct SourceSessionTests {
         #expect(h.closeAll() == [])
         #expect(h.session.nextStreamId == 3)
         #expect(h.session.nextLocalConnectionId == 4)
+    }
+
+    // MARK: Half-close linger
+
+    /// DATA for stream 1, service SSH, connection 1 with the payload "answer", as on the wire
+    /// (type 1, streamId 1, payload, serviceId, connectionId).
+    static let answerForConnection1 = bytes("08 01 10 01 22 06 616e73776572 2a 03 535348 38 01")
+
+    @Test func halfClosedConnectionLingersWhileTheAnswerArrivesThenCloses() throws {
+        let h = Harness([named("SSH", 2222)], tunnel: ["SSH"], lingerMilliseconds: 1500)
+        #expect(h.accept() == [.accepted(1), sentStreamStart(1, "SSH", c: 1)])
+        #expect(h.accept() == [.accepted(2), sentConnectionStart(1, "SSH", c: 2)])
+        // The client's FIN: nothing is sent, the connection waits for the answer.
+        #expect(h.localEnded(1) == [.linger(1, 1500)])
+        #expect(h.localEnded(1) == [], "a second EOF report restarts nothing")
+        #expect(h.header(1) == dataHeader(1, "SSH", c: 1))
+        // Each answer is delivered and starts the linger over; a sibling's data does not.
+        #expect(try h.handle(bytes: Self.answerForConnection1) == [deliver(1, "answer"), .linger(1, 1500)])
+        #expect(try h.handle(bytes: Self.answerForConnection1) == [deliver(1, "answer"), .linger(1, 1500)])
+        #expect(h.data(1, "SSH", c: 2, "sibling") == [deliver(2, "sibling")])
+        // An empty DATA delivers nothing and so does not count as an answer.
+        #expect(h.data(1, "SSH", c: 1, "") == [])
+        // Quiet for the linger time: closed here, reset at the destination.
+        #expect(h.lingerExpired(1) == [.close(1), sentConnectionReset(1, "SSH", c: 1)])
+        #expect(h.logged(.debug, "local connection #1", "no answer for 1500 ms after its half-close"))
+        #expect(h.header(1) == nil)
+        // A timer the runtime did not stop in time changes nothing.
+        #expect(h.lingerExpired(1) == [])
+        #expect(h.data(1, "SSH", c: 1, "late") == [])
+        #expect(h.session.connectionCount == 1)
+    }
+
+    @Test func lingerExpiryOfAnOpenOrUnknownConnectionIsIgnored() {
+        let h = Harness([named("SSH", 2222)], tunnel: ["SSH"])
+        #expect(h.accept() == [.accepted(1), sentStreamStart(1, "SSH", c: 1)])
+        #expect(h.lingerExpired(1) == [])
+        #expect(h.lingerExpired(7) == [])
+        #expect(h.data(1, "SSH", c: 1, "x") == [deliver(1, "x")], "an open connection's data starts no linger")
+        #expect(h.session.connectionCount == 1)
+    }
+
+    @Test func destinationResetEndsTheLingerWithoutAnEcho() {
+        let h = Harness([named("SSH", 2222)], tunnel: ["SSH"])
+        #expect(h.accept() == [.accepted(1), sentStreamStart(1, "SSH", c: 1)])
+        #expect(h.accept() == [.accepted(2), sentConnectionStart(1, "SSH", c: 2)])
+        #expect(h.localEnded(1) == [.linger(1, 10_000)])
+        #expect(h.localEnded(2) == [.linger(2, 10_000)])
+        #expect(h.connectionReset(1, "SSH", c: 1) == [.close(1)])
+        #expect(h.lingerExpired(1) == [])
+        // A stream reset ends the other lingering connection abnormally (V3).
+        #expect(h.streamReset(1, "SSH") == [.reset(2)])
+        #expect(h.lingerExpired(2) == [])
+        #expect(h.session.connectionCount == 0)
+    }
+
+    /// A write to a half-closed client failed: it is gone both ways, so the linger ends at once.
+    @Test func brokenHalfClosedConnectionIsClosedAtOnce() {
+        let h = Harness([named("SSH", 2222)], tunnel: ["SSH"])
+        #expect(h.accept() == [.accepted(1), sentStreamStart(1, "SSH", c: 1)])
+        #expect(h.localEnded(1) == [.linger(1, 10_000)])
+        #expect(h.localClosed(1) == [.close(1), sentConnectionReset(1, "SSH", c: 1)])
+        #expect(h.lingerExpired(1) == [])
+    }
+
+    @Test("V1/V2: the linger ends with STREAM_RESET", arguments: ["V1", "V2"])
+    func oldFormatLingerEndsTheStream(name: String) {
+        let format = messageFormat(name)
+        let service = format == .v1 ? "" : "SSH"
+        let h = Harness([unnamed(5555)], tunnel: ["SSH"], format: format, lingerMilliseconds: 0)
+        #expect(h.accept() == [.accepted(1), sentStreamStart(1, service)])
+        #expect(h.localEnded(1) == [.linger(1, 0)])
+        #expect(h.data(1, service, "late answer") == [deliver(1, "late answer"), .linger(1, 0)])
+        #expect(h.lingerExpired(1) == [.close(1), sentStreamReset(1, service)])
+        // The next connection starts a new stream; nothing is replaced.
+        #expect(h.accept() == [.accepted(2), sentStreamStart(2, service)])
+    }
+
+    @Test func lingeringConnectionsAreResetWhenTheSessionEnds() {
+        let h = Harness([named("SSH", 2222)], tunnel: ["SSH"])
+        #expect(h.accept() == [.accepted(1), sentStreamStart(1, "SSH", c: 1)])
+        #expect(h.localEnded(1) == [.linger(1, 10_000)])
+        #expect(h.closeAll() == [.reset(1)])
+        #expect(h.lingerExpired(1) == [])
+    }
+
+    /// A connection the session no longer knows has no answer to wait for.
+    @Test func endOfAConnectionNotInTheSessionClosesIt() {
+        let h = Harness([named("SSH", 2222)], tunnel: ["SSH"])
+        #expect(h.localEnded(9) == [.close(9)])
+    }
+
+    // MARK: Session states
+
+    @Test func sessionStatesFollowTheTable() {
+        let h = Harness([named("SSH", 2222)])
+        #expect(h.session.state == .awaitingServiceIds)
+        #expect(h.serviceIds(["SSH"]) == [.listen(0, "SSH", 2222)])
+        #expect(h.session.state == .serving)
+        #expect(h.accept() == [.accepted(1), sentStreamStart(1, "SSH", c: 1)])
+        #expect(h.handle(TunnelMessage(type: MessageType(rawValue: 9), streamId: 1)) == [.reconnect(.unknownMessageType(9))])
+        #expect(h.session.state == .ending(.unknownMessageType(9)))
+        // Ending: the peer's messages change nothing and no new connection is taken; the local
+        // side of the existing ones is still followed.
+        #expect(h.data(1, "SSH", c: 1, "x") == [])
+        #expect(h.connectionReset(1, "SSH", c: 1) == [])
+        #expect(h.accept() == [.refused])
+        #expect(h.localEnded(1) == [.linger(1, 10_000)])
+        #expect(h.closeAll() == [.reset(1)])
+        #expect(h.session.state == .closed)
+        #expect(h.serviceIds(["SSH"]) == [])
+        #expect(h.accept() == [.refused])
+    }
+
+    @Test func fatalServiceIdsEndTheSession() {
+        let h = Harness([unnamed(5555)])
+        let reason = SessionEndReason.sourceServiceMismatch(mapped: [""], tunnel: ["SSH1", "SSH2"])
+        #expect(h.serviceIds(["SSH1", "SSH2"]) == [.fatal(reason)])
+        #expect(h.session.state == .ending(reason))
+        // A corrected SERVICE_IDS comes too late: the runtime is already stopping.
+        #expect(h.serviceIds(["SSH1"]) == [])
+        #expect(h.closeAll() == [])
+        #expect(h.session.state == .closed)
     }
 }

@@ -42,7 +42,7 @@ struct TunnelFrameTests {
     }
 
     @Test func streamStartAndDataInOneWebSocketFrame() {
-        // PROTOCOL.md §16.9: both messages must come out of one read, nothing left waiting.
+        // docs/PROTOCOL.md §16.9: both messages must come out of one read, nothing left waiting.
         let chunk = bytes("00 0B 08 02 10 01 2A 03 53 53 48 38 01 00 0F 08 01 10 01 22 02 68 69 2A 03 53 53 48 38 01")
         #expect(deframe([chunk]) == Array(Self.messages[0...1]))
     }

@@ -55,7 +55,7 @@ func decode(_ data: [UInt8]) throws(ProtobufDecodingError) -> Decoded {
 
 @Suite("Protobuf Message codec")
 struct TunnelMessageTests {
-    /// PROTOCOL.md §6.1, produced there with `protoc --encode` against the reference .proto.
+    /// docs/PROTOCOL.md §6.1, produced there with `protoc --encode` against the reference .proto.
     static let vectors: [(Decoded, String)] = [
         (Decoded(type: .streamStart, streamId: 1, serviceId: "SSH", connectionId: 1), "08 02 10 01 2A 03 53 53 48 38 01"),
         (Decoded(type: .data, streamId: 1, payload: Array("hi".utf8), serviceId: "SSH", connectionId: 1),

@@ -1,4 +1,4 @@
-// Byte-level tests of the web proxy pieces (PROTOCOL.md §2.3): the proxy URL of https_proxy,
+// Byte-level tests of the web proxy pieces (docs/PROTOCOL.md §2.3): the proxy URL of https_proxy,
 // the no_proxy test, the exact CONNECT request, and the reading of the proxy's answer cut at
 // every split point, with the bytes after the answer's head handed back untouched.
 import Testing

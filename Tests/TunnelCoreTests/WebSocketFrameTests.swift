@@ -1,4 +1,4 @@
-// Byte-level tests of the WebSocket framing (RFC 6455 §5, with the tunnel's rules of PROTOCOL.md
+// Byte-level tests of the WebSocket framing (RFC 6455 §5, with the tunnel's rules of docs/PROTOCOL.md
 // §4): literal vectors in and exact bytes or exact errors out, and every way of cutting a stream
 // into reads. Helpers in this file are private so that they cannot clash with other test files.
 import Testing

@@ -23,7 +23,10 @@ private final class Harness {
     func ok(_ operation: String, _ json: String = "{}") -> [String: JSONValue] {
         let response = call(operation, json)
         #expect(response.status == 200, "\(operation): \(response.body.serialized)")
-        guard case .object(let members) = response.body else { return [:] }
+        guard case .object(let members) = response.body else {
+            Issue.record("\(operation) answered \(response.body.serialized), not a JSON object")
+            return [:]
+        }
         return members
     }
 
@@ -35,13 +38,17 @@ private func string(_ value: JSONValue?) -> String? {
     return nil
 }
 
-private func object(_ value: JSONValue?) -> [String: JSONValue] {
+/// The members of a JSON object; anything else fails the test (and gives no members).
+private func object(_ value: JSONValue?, sourceLocation: SourceLocation = #_sourceLocation) -> [String: JSONValue] {
     if case .object(let m)? = value { return m }
+    Issue.record("expected a JSON object, got \(value.map { $0.serialized } ?? "nothing")", sourceLocation: sourceLocation)
     return [:]
 }
 
-private func array(_ value: JSONValue?) -> [JSONValue] {
+/// The elements of a JSON array; anything else fails the test (and gives no elements).
+private func array(_ value: JSONValue?, sourceLocation: SourceLocation = #_sourceLocation) -> [JSONValue] {
     if case .array(let a)? = value { return a }
+    Issue.record("expected a JSON array, got \(value.map { $0.serialized } ?? "nothing")", sourceLocation: sourceLocation)
     return []
 }
 
@@ -141,11 +148,17 @@ struct ControlPlaneTests {
         let h = Harness()
         _ = h.ok("OpenTunnel")
         let response = h.call("RotateTunnelAccessToken", #"{"tunnelId":"tunnel-1","clientMode":"DESTINATION"}"#)
-        guard case .object(let out) = response.body else { return }
+        guard case .object(let out) = response.body else {
+            Issue.record("RotateTunnelAccessToken answered \(response.body), not an object")
+            return
+        }
         #expect(Set(out.keys) == ["tunnelArn", "destinationAccessToken"])
         #expect(response.effects == [.disconnect(tunnelId: "tunnel-1", sides: [.destination], code: 1008, reason: "access token rotated")])
         let all = h.call("RotateTunnelAccessToken", #"{"tunnelId":"tunnel-1","clientMode":"ALL","destinationConfig":{"services":["VNC"]}}"#)
-        guard case .object(let both) = all.body else { return }
+        guard case .object(let both) = all.body else {
+            Issue.record("RotateTunnelAccessToken (ALL) answered \(all.body), not an object")
+            return
+        }
         #expect(Set(both.keys) == ["tunnelArn", "sourceAccessToken", "destinationAccessToken"])
         let tunnel = object(h.ok("DescribeTunnel", #"{"tunnelId":"tunnel-1"}"#)["tunnel"])
         #expect(tunnel["destinationConfig"] == .object(["services": .array([.string("VNC")])]))

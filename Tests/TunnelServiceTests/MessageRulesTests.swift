@@ -1,5 +1,5 @@
 // The validation rules the data plane applies to what clients send, built from literal message
-// bytes (PROTOCOL.md §6.1 vectors), and the messages the service itself originates.
+// bytes (docs/PROTOCOL.md §6.1 vectors), and the messages the service itself originates.
 import Testing
 import TunnelCore
 @testable import TunnelService
