@@ -17,6 +17,8 @@ public struct UVError: Error, Equatable, CustomStringConvertible {
     public var description: String { "\(operation): \(cString(uv_strerror(code))) (\(name))" }
 
     public static let endOfFile = Int32(UV_EOF.rawValue)
+    /// The peer reset the connection (a read or write after a TCP RST).
+    public static let connectionReset = Int32(UV_ECONNRESET.rawValue)
 }
 
 /// A Swift string from a NUL-terminated C string (nil gives "").

@@ -3,7 +3,6 @@
 // holds the tunnel back and lets it go, the local side's end is reported only after its bytes
 // went to the tunnel, a reset is a reset, and the stall clock runs only while the tunnel waits.
 // Events are awaited with deadlines, never with sleeps; each test ends with no live handle.
-import CLibUV
 import Testing
 import TunnelCore
 import TunnelIO
@@ -232,7 +231,7 @@ struct LocalLinkTests {
         link.reset()
         run(loop, until: { owner.events.last == .closed && peer.readEnd != nil }, "the reset")
         #expect(owner.events == [.connected, .closed])
-        #expect(peer.readEnd?.code == Int32(UV_ECONNRESET.rawValue), "\(String(describing: peer.readEnd))")
+        #expect(peer.readEnd?.code == UVError.connectionReset, "\(String(describing: peer.readEnd))")
         peer.close()
         #expect(loop.close(), "live handles: \(loop.liveHandleCount)")
     }

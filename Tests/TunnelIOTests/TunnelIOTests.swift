@@ -1,4 +1,3 @@
-import CLibUV
 import Testing
 import TunnelCore
 @testable import TunnelIO
@@ -122,7 +121,7 @@ struct TunnelIOTests {
         client.startReading()
         if reset { server?.closeWithReset() } else { server?.close() }
         run(loop, until: { outcome != nil })
-        #expect(outcome == (reset ? Int32(UV_ECONNRESET.rawValue) : UVError.endOfFile))
+        #expect(outcome == (reset ? UVError.connectionReset : UVError.endOfFile))
         client.close()
         listener.close()
         finish(loop)
