@@ -195,14 +195,14 @@ else ifeq ($(LINK),fullstatic)
 else
   $(error LINK must be dynamic, static or fullstatic)
 endif
-# Each build has its own clang module cache: the shared one does not key CLibUV/CMbedTLS on the
+# Each build has its own clang module cache: the shared one does not key CLibC/CLibUV/CMbedTLS on the
 # include paths, so a static build would import the system mbedTLS's layouts (found by check-abi).
 # One section per function, so that --gc-sections can drop what is not called: without it each
 # module's code is one section and every generic specialisation stays (armv7: 1.6 MB vs 0.9 MB).
 EMB_FLAGS    := -target $(EMB_TARGET) -enable-experimental-feature Embedded -wmo -Osize -parse-as-library \
                 -Xfrontend -function-sections $(addprefix -Xcc ,$(EMB_LIBUV_INC) $(EMB_MBEDTLS_INC)) \
                 -module-cache-path $(EMB_DIR)/ModuleCache $(EMB_DEFS) \
-                $(EMB_XFLAGS) -I Sources/CLibUV -I Sources/CMbedTLS -I $(EMB_DIR)
+                $(EMB_XFLAGS) -I Sources/CLibC -I Sources/CLibUV -I Sources/CMbedTLS -I $(EMB_DIR)
 EMB_LINK     := clang $(LINK_ARCH) -fuse-ld=lld -Wl,--gc-sections -Wl,--icf=safe $(LINK_MODE)
 EMB_LIBS     := $(TC)/usr/lib/swift/embedded/$(EMB_TARGET)/libswiftUnicodeDataTables.a \
                 $(if $(EMB_MBEDTLS),-L$(MBEDTLS_DIR)/library) -L/usr/lib/$(GNU_TRIPLE) $(EMB_CLIBS)

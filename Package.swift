@@ -18,6 +18,9 @@ let package = Package(
     ],
     targets: [
         // C libraries through module maps. Debian's mbedTLS 2.28 ships no pkg-config file.
+        // CLibC: the C library's declarations (signals, sockets, files, time) that Swift calls;
+        // CLibUV: libuv, for TunnelIO only.
+        .systemLibrary(name: "CLibC"),
         .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CMbedTLS", providers: [.apt(["libmbedtls-dev"])]),
 
@@ -38,26 +41,26 @@ let package = Package(
         // The only libuv user: loop, streams, timers, signals, DNS.
         .target(
             name: "TunnelIO",
-            dependencies: ["TunnelCore", "CLibUV"],
+            dependencies: ["TunnelCore", "CLibC", "CLibUV"],
             linkerSettings: [.linkedLibrary("uv")]
         ),
 
         // The application: configuration, runtimes per mode, logging, reconnect policy.
-        .target(name: "LocalProxy", dependencies: ["TunnelCore", "TunnelTLS", "TunnelIO", "CLibUV"]),
+        .target(name: "LocalProxy", dependencies: ["TunnelCore", "TunnelTLS", "TunnelIO", "CLibC"]),
         // The device binary: a thin entry point.
-        .executableTarget(name: "localproxy", dependencies: ["LocalProxy", "CLibUV"]),
+        .executableTarget(name: "localproxy", dependencies: ["LocalProxy", "CLibC"]),
 
         // Host-only test peer driver: speaks our codecs over plain sockets so that Python's
         // `websockets` and `protobuf` can check them (Tests/Peers). Never part of the device binary.
         .executableTarget(name: "wire-probe", dependencies: ["TunnelCore"]),
 
         // Byte vectors run as a program; `make embedded` links and runs it in Embedded Swift.
-        .executableTarget(name: "core-selftest", dependencies: ["TunnelCore", "CLibUV"]),
+        .executableTarget(name: "core-selftest", dependencies: ["TunnelCore", "CLibC"]),
 
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore"]),
         .testTarget(name: "TunnelTLSTests", dependencies: ["TunnelTLS"]),
         .testTarget(name: "TunnelIOTests", dependencies: ["TunnelIO"]),
-        .testTarget(name: "LocalProxyTests", dependencies: ["LocalProxy"]),
+        .testTarget(name: "LocalProxyTests", dependencies: ["LocalProxy", "CLibC"]),
 
         // Host-only local emulator of the tunneling service (data plane and control plane), so a
         // whole tunnel runs on one machine. Full Swift with Foundation; never linked into the device.

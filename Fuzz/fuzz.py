@@ -88,7 +88,7 @@ class Config:
         common = ["-sanitize=fuzzer,address", optimisation, "-g",
                   "-module-cache-path", os.path.join(BUILD, "ModuleCache"),
                   "-I", self.modules, "-I", os.path.join(ROOT, "Sources", "CMbedTLS"),
-                  "-I", os.path.join(ROOT, "Sources", "CLibUV")]
+                  "-I", os.path.join(ROOT, "Sources", "CLibC"), "-I", os.path.join(ROOT, "Sources", "CLibUV")]
         self.module_flags = common + ["-enable-testing", "-parse-as-library", "-wmo"]
         self.link_flags = common + ["-parse-as-library", "-use-ld=lld"]
 

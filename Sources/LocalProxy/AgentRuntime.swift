@@ -1,4 +1,4 @@
-import CLibUV
+import CLibC
 import TunnelCore
 import TunnelIO
 import TunnelTLS
@@ -23,6 +23,9 @@ public final class AgentRuntime: MQTTConnectionDelegate {
     let settings: AgentSettings
     let logger: Logger
     let loop: EventLoop
+    /// The agent's own lookups (the MQTT broker's name). Each tunnel session gets a resolver of
+    /// its own, configured the same, so that a session that stops ends only its lookups.
+    let resolver: Resolver
     let random: SecureRandom
     let tunnelTLS: TLSConfiguration
     private var mqttTLS: TLSConfiguration
@@ -45,12 +48,13 @@ public final class AgentRuntime: MQTTConnectionDelegate {
     private var sessionsStarted = 0
     private let startedAt: UInt64
 
-    public init(configuration: Configuration, settings: AgentSettings, logger: Logger, loop: EventLoop, random: SecureRandom,
-                tunnelTLS: TLSConfiguration, mqttTLS: TLSConfiguration) {
+    public init(configuration: Configuration, settings: AgentSettings, logger: Logger, loop: EventLoop, resolver: Resolver,
+                random: SecureRandom, tunnelTLS: TLSConfiguration, mqttTLS: TLSConfiguration) {
         self.configuration = configuration
         self.settings = settings
         self.logger = logger
         self.loop = loop
+        self.resolver = resolver
         self.random = random
         self.tunnelTLS = tunnelTLS
         self.mqttTLS = mqttTLS
@@ -87,7 +91,7 @@ public final class AgentRuntime: MQTTConnectionDelegate {
         // A persistent session: notifications published while the device is offline (up to the
         // broker's limit) arrive when it is back, instead of being lost with the token they carry.
         options.cleanSession = false
-        let connection = MQTTConnection(loop: loop, host: settings.brokerHost, port: settings.brokerPort, tls: mqttTLS,
+        let connection = MQTTConnection(loop: loop, resolver: resolver, host: settings.brokerHost, port: settings.brokerPort, tls: mqttTLS,
                                         options: options, logger: logger)
         connection.delegate = self
         mqtt = connection
@@ -217,7 +221,9 @@ public final class AgentRuntime: MQTTConnectionDelegate {
         }
         sessionsStarted += 1
         let number = sessionsStarted
-        let runtime = DestinationRuntime(agentSession: sessionConfiguration, logger: logger, loop: loop, random: random, tls: tunnelTLS)
+        let sessionResolver = Resolver(mode: resolver.mode, builtinSettings: resolver.builtinSettings)
+        let runtime = DestinationRuntime(agentSession: sessionConfiguration, logger: logger, loop: loop, resolver: sessionResolver,
+                                         random: random, tls: tunnelTLS)
         runtime.onFinished = { [self] code in sessionFinished(number, code: code) }
         current = (number, token, runtime)
         endedToken = nil
@@ -305,6 +311,6 @@ public final class AgentRuntime: MQTTConnectionDelegate {
             mqtt = nil
             connection.stop()
         }
-        Resolver.cancelAll()
+        resolver.cancelAll()
     }
 }

@@ -1,4 +1,4 @@
-import CLibUV
+import CLibC
 import TunnelCore
 import TunnelIO
 import TunnelTLS
@@ -13,11 +13,11 @@ let tcpKeepAlive: (idle: Int32, interval: Int32, count: Int32) = (30, 10, 3)
 /// the connected stream, or the last address's error. Once `isCurrent` says false (the owner
 /// moved on), nothing more is reported.
 func connectTCP(loop: EventLoop, to addresses: [SocketAddress], from index: Int = 0, logger: Logger,
-                adopt: @escaping (Stream?) -> Void, isCurrent: @escaping () -> Bool,
-                done: @escaping (Result<Stream, UVError>) -> Void) {
+                adopt: @escaping (SocketStream?) -> Void, isCurrent: @escaping () -> Bool,
+                done: @escaping (Result<SocketStream, UVError>) -> Void) {
     let address = addresses[index]
     logger.debug("connecting to \(address)")
-    let stream = Stream(loop: loop, kind: .tcp)
+    let stream = SocketStream(loop: loop, kind: .tcp)
     adopt(stream)
     stream.connect(to: address) { error in
         guard isCurrent() else { return }
@@ -73,7 +73,7 @@ func backoffDelay(attempt: Int, maximum: Int, random: SecureRandom) -> Int {
 /// Writes all that `ring` holds to `socket` in one write (both spans when it wraps). On success
 /// the bytes are consumed from the ring before `completion` runs. Returns false, doing nothing,
 /// when the ring is empty.
-func sendRing(_ ring: RingBuffer, on socket: Stream, _ completion: @escaping (UVError?) -> Void) -> Bool {
+func sendRing(_ ring: RingBuffer, on socket: SocketStream, _ completion: @escaping (UVError?) -> Void) -> Bool {
     guard ring.readableCount > 0 else { return false }
     let (a, b) = ring.readableSpans
     let count = a.count + b.count

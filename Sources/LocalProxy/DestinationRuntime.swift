@@ -9,13 +9,13 @@ public final class DestinationRuntime: TunnelRuntime {
     private var nextLocalId: UInt32 = 1
     private let runner = ActionRunner<DestinationAction>()
 
-    public init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
-        super.init(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
+    public init(configuration: Configuration, logger: Logger, loop: EventLoop, resolver: Resolver, random: SecureRandom, tls: TLSConfiguration) {
+        super.init(configuration: configuration, logger: logger, loop: loop, resolver: resolver, random: random, tls: tls)
     }
 
     /// One tunnel of the MQTT agent: no systemd notifications of its own.
-    init(agentSession configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
-        super.init(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls, serviceManager: false)
+    init(agentSession configuration: Configuration, logger: Logger, loop: EventLoop, resolver: Resolver, random: SecureRandom, tls: TLSConfiguration) {
+        super.init(configuration: configuration, logger: logger, loop: loop, resolver: resolver, random: random, tls: tls, serviceManager: false)
     }
 
     override func sessionOpened() {

@@ -42,9 +42,10 @@ final class LocalLink {
     let id: LocalConnectionID
     var owner: LocalLinkOwner?
     let loop: EventLoop
+    let resolver: Resolver
     let logger: Logger
     private(set) var state = State.idle
-    private var stream: Stream? = nil
+    private var stream: SocketStream? = nil
     private let toLocal: RingBuffer
     private let toTunnel: RingBuffer
     private let maximumPayload: Int
@@ -67,10 +68,11 @@ final class LocalLink {
     private var dataHeader: TunnelMessage? = nil
     private var endpointText = ""
 
-    init(id: LocalConnectionID, owner: LocalLinkOwner, loop: EventLoop, logger: Logger, maximumPayload: Int) throws(RingBufferError) {
+    init(id: LocalConnectionID, owner: LocalLinkOwner, loop: EventLoop, resolver: Resolver, logger: Logger, maximumPayload: Int) throws(RingBufferError) {
         self.id = id
         self.owner = owner
         self.loop = loop
+        self.resolver = resolver
         self.logger = logger
         createdAt = loop.now
         toLocal = try RingBuffer(minimumCapacity: 128 * 1024)
@@ -99,17 +101,17 @@ final class LocalLink {
         endpointText = endpoint.description
         switch endpoint {
         case .unix(let path):
-            let s = Stream(loop: loop, kind: .unixSocket)
+            let s = SocketStream(loop: loop, kind: .unixSocket)
             stream = s
             s.connect(toPath: path) { [self] error in connectFinished(s, error) }
         case .tcp(let host, let port):
-            Resolver.resolve(loop: loop, host: host, port: port) { [self] result in
+            resolver.resolve(loop: loop, host: host, port: port) { [self] result in
                 guard state == .connecting else { return }
                 switch result {
                 case .failure(let error):
                     owner?.linkConnectFailed(self, reason: "\(error)")
                 case .success(let addresses):
-                    let s = Stream(loop: loop, kind: .tcp)
+                    let s = SocketStream(loop: loop, kind: .tcp)
                     stream = s
                     s.connect(to: addresses[0]) { [self] error in connectFinished(s, error) }
                 }
@@ -117,7 +119,7 @@ final class LocalLink {
         }
     }
 
-    private func connectFinished(_ s: Stream, _ error: UVError?) {
+    private func connectFinished(_ s: SocketStream, _ error: UVError?) {
         guard state == .connecting, s === stream else {
             s.close()
             return
@@ -137,7 +139,7 @@ final class LocalLink {
     }
 
     /// Takes over a connection accepted from a local client (source mode).
-    func adopt(_ s: Stream) {
+    func adopt(_ s: SocketStream) {
         guard state == .idle else {
             s.close()
             return

@@ -41,7 +41,9 @@ public enum LocalProxyMain {
         if let note = configuration.webProxyNote { logger.info(note) }
         if let coreDumpError { logger.warning("\(coreDumpError): a crash could write the access token to a core file") }
         ignoreBrokenPipeSignal()
-        useNameResolution(of: configuration, logger: logger)
+        // The runtime's resolver: the agent gives each of its tunnel sessions a copy.
+        let resolver = Resolver()
+        useNameResolution(of: configuration, in: resolver, logger: logger)
 
         let random: SecureRandom
         let tls: TLSConfiguration
@@ -73,8 +75,8 @@ public enum LocalProxyMain {
                 logger.fatal("\(error)")
                 return ExitCode.configuration
             }
-            let runtime = AgentRuntime(configuration: configuration, settings: agent, logger: logger, loop: loop, random: random,
-                                       tunnelTLS: tls, mqttTLS: mqttTLS)
+            let runtime = AgentRuntime(configuration: configuration, settings: agent, logger: logger, loop: loop, resolver: resolver,
+                                       random: random, tunnelTLS: tls, mqttTLS: mqttTLS)
             let code = runtime.run()
             logger.finish()
             _ = loop.close()
@@ -85,13 +87,13 @@ public enum LocalProxyMain {
             for m in configuration.destinationMappings {
                 logger.info("service \(m.serviceId.isEmpty ? "(unnamed)" : m.serviceId) -> \(m.endpoint)")
             }
-            let runtime = DestinationRuntime(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
+            let runtime = DestinationRuntime(configuration: configuration, logger: logger, loop: loop, resolver: resolver, random: random, tls: tls)
             let code = runtime.run()
             logger.finish()
             _ = loop.close()
             return code
         case .source:
-            let runtime = SourceRuntime(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
+            let runtime = SourceRuntime(configuration: configuration, logger: logger, loop: loop, resolver: resolver, random: random, tls: tls)
             let code = runtime.run()
             logger.finish()
             _ = loop.close()
@@ -99,15 +101,15 @@ public enum LocalProxyMain {
         }
     }
 
-    /// Applies `--dns` and the built-in resolver's overrides, process-wide, before any lookup.
-    static func useNameResolution(of configuration: Configuration, logger: Logger) {
-        if let mode = configuration.resolverMode { Resolver.mode = mode }
-        var settings = Resolver.builtinSettings
+    /// Applies `--dns` and the built-in resolver's overrides to `resolver`, before any lookup.
+    static func useNameResolution(of configuration: Configuration, in resolver: Resolver, logger: Logger) {
+        if let mode = configuration.resolverMode { resolver.mode = mode }
+        var settings = resolver.builtinSettings
         if let path = configuration.resolvConfPath { settings.resolvConfPath = path }
         if let path = configuration.hostsPath { settings.hostsPath = path }
         if let port = configuration.nameserverPort { settings.nameserverPort = port }
-        Resolver.builtinSettings = settings
-        if Resolver.mode == .builtin || !Resolver.systemResolverAvailable {
+        resolver.builtinSettings = settings
+        if resolver.mode == .builtin || !Resolver.systemResolverAvailable {
             logger.debug("host names: built-in resolver (\(settings.hostsPath), then the nameservers of \(settings.resolvConfPath), port \(settings.nameserverPort))")
         } else {
             logger.debug("host names: system resolver (getaddrinfo)")

@@ -1,4 +1,4 @@
-import CLibUV
+import CLibC
 import TunnelCore
 import TunnelIO
 
@@ -61,7 +61,7 @@ public final class Logger {
 
     public func log(_ level: LogLevel, _ message: String) {
         guard enabled(level) else { return }
-        if level != .fatal && level <= .info && !admit(now: uv_hrtime() / 1_000_000) { return }
+        if level != .fatal && level <= .info && !admit(now: monotonicNanoseconds() / 1_000_000) { return }
         write(level, message)
     }
 
@@ -83,7 +83,7 @@ public final class Logger {
         guard let reportTimer else { return }
         let remaining = 1000 &- min(now &- windowStart, 1000)
         reportTimer.start(after: max(remaining, 1)) { [self] in
-            let now = uv_hrtime() / 1_000_000
+            let now = monotonicNanoseconds() / 1_000_000
             if suppressed > 0 && now &- windowStart < 1000 {
                 scheduleReport(now: now)
             } else {

@@ -52,12 +52,13 @@ public final class MQTTConnection {
     let host: String
     let port: UInt16
     private let loop: EventLoop
+    private let resolver: Resolver
     private let tlsConfiguration: TLSConfiguration
     private let logger: Logger
     private let session: MQTTClientSession
     public var delegate: MQTTConnectionDelegate?
     private(set) var state = State.idle
-    private var socket: Stream? = nil
+    private var socket: SocketStream? = nil
     private var engine: TLSEngine? = nil
     private let timer: Timer
     /// Decrypted bytes are handed to the session from here, one read at a time.
@@ -69,8 +70,9 @@ public final class MQTTConnection {
     /// How long resolving, connecting, TLS and CONNACK may take together.
     static let handshakeTimeoutMilliseconds: UInt64 = 30_000
 
-    public init(loop: EventLoop, host: String, port: UInt16, tls: TLSConfiguration, options: MQTTClientOptions, logger: Logger) {
+    public init(loop: EventLoop, resolver: Resolver, host: String, port: UInt16, tls: TLSConfiguration, options: MQTTClientOptions, logger: Logger) {
         self.loop = loop
+        self.resolver = resolver
         self.host = host
         self.port = port
         self.tlsConfiguration = tls
@@ -92,7 +94,7 @@ public final class MQTTConnection {
         timer.start(after: MQTTConnection.handshakeTimeoutMilliseconds) { [self] in
             fail(.failed("no MQTT connection to \(target) within \(MQTTConnection.handshakeTimeoutMilliseconds / 1000) s"))
         }
-        Resolver.resolve(loop: loop, host: host, port: port) { [self] result in
+        resolver.resolve(loop: loop, host: host, port: port) { [self] result in
             guard state == .resolving else { return }
             switch result {
             case .success(let addresses):
@@ -109,7 +111,7 @@ public final class MQTTConnection {
         }
     }
 
-    private func startTLS(_ stream: Stream) {
+    private func startTLS(_ stream: SocketStream) {
         let tls: TLSEngine
         do {
             tls = try TLSEngine(configuration: tlsConfiguration, serverName: host, inputSize: 32 * 1024, outputSize: 32 * 1024)

@@ -1,4 +1,4 @@
-import CLibUV
+import CLibC
 import TunnelIO
 
 /// Tells systemd (or anything that speaks its notification protocol) what the proxy is doing,
@@ -37,7 +37,7 @@ final class ServiceManager {
     /// A reload starts (systemd wants the monotonic time with it to match it to `systemctl
     /// reload`); `ready(status:)` ends it.
     func reloading() {
-        send("RELOADING=1\nMONOTONIC_USEC=\(uv_hrtime() / 1000)")
+        send("RELOADING=1\nMONOTONIC_USEC=\(monotonicNanoseconds() / 1000)")
         ready = false
     }
 

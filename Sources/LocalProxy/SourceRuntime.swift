@@ -29,8 +29,8 @@ public final class SourceRuntime: TunnelRuntime {
     private var lingering: [LocalConnectionID: Timer] = [:]
     private let runner = ActionRunner<SourceAction>()
 
-    public init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration) {
-        super.init(configuration: configuration, logger: logger, loop: loop, random: random, tls: tls)
+    public init(configuration: Configuration, logger: Logger, loop: EventLoop, resolver: Resolver, random: SecureRandom, tls: TLSConfiguration) {
+        super.init(configuration: configuration, logger: logger, loop: loop, resolver: resolver, random: random, tls: tls)
     }
 
     override func sessionOpened() {
@@ -114,7 +114,7 @@ public final class SourceRuntime: TunnelRuntime {
         logger.info("listening for \(serviceId.isEmpty ? "the tunnel" : "service \(serviceId)") on \(actual)")
     }
 
-    private func accept(_ stream: Stream, serviceId: String) {
+    private func accept(_ stream: SocketStream, serviceId: String) {
         guard let s = session, let index = serviceIndex[Bytewise(serviceId)], tunnel != nil else {
             logger.warning("refusing a local connection for \(serviceId.isEmpty ? "the tunnel" : serviceId) with a reset: the tunnel is not connected")
             stream.closeWithReset()

@@ -1,4 +1,4 @@
-import CLibUV
+import CLibC
 import TunnelCore
 import TunnelIO
 
@@ -22,7 +22,7 @@ public enum SystemAccess {
         return cString(value)
     }
 
-    /// Reads a whole file of at most `limit` bytes, with libuv's synchronous file calls.
+    /// Reads a whole file of at most `limit` bytes (TunnelIO's `readSmallFile`).
     public static func readFile(_ path: String, limit: Int = 1 << 20) throws(FileError) -> [UInt8] {
         let result: (bytes: [UInt8], complete: Bool)
         do throws(UVError) {
@@ -37,18 +37,11 @@ public enum SystemAccess {
     /// Mode and owner of a file, following a symbolic link (whose own owner is kept too), or
     /// nil if it cannot be examined.
     public static func status(_ path: String) -> FileStatus? {
-        func stat(_ follow: Bool) -> (mode: UInt32, owner: UInt32)? {
-            var request = uv_fs_t()
-            let status = withCString(path) { follow ? uv_fs_stat(nil, &request, $0, nil) : uv_fs_lstat(nil, &request, $0, nil) }
-            defer { uv_fs_req_cleanup(&request) }
-            guard status == 0 else { return nil }
-            return (UInt32(truncatingIfNeeded: request.statbuf.st_mode), UInt32(truncatingIfNeeded: request.statbuf.st_uid))
-        }
-        guard let link = stat(false) else { return nil }
+        guard let link = fileModeAndOwner(path, followingLinks: false) else { return nil }
         if link.mode & 0o170000 != 0o120000 {
             return FileStatus(mode: link.mode & 0o7777, owner: link.owner, isRegular: link.mode & 0o170000 == 0o100000, linkOwner: nil)
         }
-        guard let target = stat(true) else { return nil }
+        guard let target = fileModeAndOwner(path, followingLinks: true) else { return nil }
         return FileStatus(mode: target.mode & 0o7777, owner: target.owner, isRegular: target.mode & 0o170000 == 0o100000,
                           linkOwner: link.owner)
     }
@@ -57,24 +50,8 @@ public enum SystemAccess {
     public static var userId: UInt32 { UInt32(geteuid()) }
 
     /// Regular files under `directory`, recursively, sorted by path.
-    public static func files(under directory: String, depth: Int = 0) -> [String] {
-        guard depth < 8 else { return [] }
-        var request = uv_fs_t()
-        let count = withCString(directory) { uv_fs_scandir(nil, &request, $0, 0, nil) }
-        defer { uv_fs_req_cleanup(&request) }
-        guard count >= 0 else { return [] }
-        var out: [String] = []
-        var entry = uv_dirent_t()
-        while uv_fs_scandir_next(&request, &entry) == 0 {
-            let name = cString(entry.name)
-            let path = directory.hasByteSuffix("/") ? directory + name : directory + "/" + name
-            switch entry.type {
-            case UV_DIRENT_FILE: out.append(path)
-            case UV_DIRENT_DIR: out.append(contentsOf: files(under: path, depth: depth + 1))
-            default: continue
-            }
-        }
-        return out.sorted { a, b in Array(a.utf8).lexicographicallyPrecedes(Array(b.utf8)) }
+    public static func files(under directory: String) -> [String] {
+        regularFiles(under: directory)
     }
 }
 

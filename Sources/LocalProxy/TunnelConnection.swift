@@ -124,6 +124,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
 
     public let endpoint: TunnelEndpoint
     let loop: EventLoop
+    let resolver: Resolver
     let tlsConfiguration: TLSConfiguration
     let random: SecureRandom
     let logger: Logger
@@ -141,7 +142,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
     static let controlQueueHardLimit = 4 * TunnelPipeline.controlQueueLimit
 
     private(set) var state = State.resolving
-    private var socket: Stream? = nil
+    private var socket: SocketStream? = nil
     private var pipeline: TunnelPipeline? = nil
     /// A write of `tls.ciphertextOut` to the socket is under way.
     private var writeInFlight = false
@@ -151,9 +152,10 @@ public final class TunnelConnection: TunnelPipelineHandler {
     private let timer: Timer
     private let pingTimer: Timer
 
-    public init(loop: EventLoop, endpoint: TunnelEndpoint, tls: TLSConfiguration, random: SecureRandom,
+    public init(loop: EventLoop, resolver: Resolver, endpoint: TunnelEndpoint, tls: TLSConfiguration, random: SecureRandom,
                 logger: Logger, pingIntervalMilliseconds: Int, pongTimeoutMilliseconds: Int = 0) {
         self.loop = loop
+        self.resolver = resolver
         self.endpoint = endpoint
         self.tlsConfiguration = tls
         self.random = random
@@ -195,7 +197,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
         }
         let host = endpoint.webProxy?.host ?? endpoint.host
         logger.debug("resolving \(host)")
-        Resolver.resolve(loop: loop, host: host, port: endpoint.webProxy?.port ?? endpoint.port) { [self] result in
+        resolver.resolve(loop: loop, host: host, port: endpoint.webProxy?.port ?? endpoint.port) { [self] result in
             guard case .resolving = state else { return }
             switch result {
             case .success(let addresses):
@@ -215,7 +217,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
     /// Sets up TLS (SNI and host check on the endpoint, also through a proxy) and reads the
     /// socket into its input ring. Through a web proxy the proxy's answer lands in that ring
     /// first: the answer reader consumes its head, and whatever follows stays for TLS.
-    private func startReading(_ stream: Stream) {
+    private func startReading(_ stream: SocketStream) {
         let engine: TLSEngine
         do {
             engine = try TLSEngine(configuration: tlsConfiguration, serverName: endpoint.host)
@@ -224,7 +226,7 @@ public final class TunnelConnection: TunnelPipelineHandler {
             fail(.failed("\(error)"))
             return
         }
-        stream.allocate = { [unowned(unsafe) engine] in engine.ciphertextIn.writableSpans.0 }
+        stream.allocate = { engine.ciphertextIn.writableSpans.0 }
         stream.onRead = { [self] result in
             switch result {
             case .success(let n):

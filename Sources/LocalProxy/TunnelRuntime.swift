@@ -1,4 +1,4 @@
-import CLibUV
+import CLibC
 import TunnelCore
 import TunnelIO
 import TunnelTLS
@@ -23,6 +23,9 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     let configuration: Configuration
     let logger: Logger
     let loop: EventLoop
+    /// This runtime's own: the service's name and local destinations are resolved here, and
+    /// `finish` ends the lookups still in flight.
+    let resolver: Resolver
     let random: SecureRandom
     let tlsConfiguration: TLSConfiguration
     private(set) var accessToken: String
@@ -63,11 +66,12 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
     private let tokenSource: String
 
     /// `serviceManager` false: this runtime does not talk to systemd (the agent does).
-    init(configuration: Configuration, logger: Logger, loop: EventLoop, random: SecureRandom, tls: TLSConfiguration,
+    init(configuration: Configuration, logger: Logger, loop: EventLoop, resolver: Resolver, random: SecureRandom, tls: TLSConfiguration,
          serviceManager notifies: Bool = true) {
         self.configuration = configuration
         self.logger = logger
         self.loop = loop
+        self.resolver = resolver
         self.random = random
         self.tlsConfiguration = tls
         accessToken = configuration.accessToken
@@ -132,7 +136,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         guard !stopping else { return }
         let endpoint = TunnelEndpoint(host: configuration.endpointHost, port: configuration.endpointPort, mode: configuration.mode,
                                       accessToken: accessToken, clientToken: clientToken, webProxy: configuration.webProxy)
-        let connection = TunnelConnection(loop: loop, endpoint: endpoint, tls: tlsConfiguration, random: random,
+        let connection = TunnelConnection(loop: loop, resolver: resolver, endpoint: endpoint, tls: tlsConfiguration, random: random,
                                           logger: logger, pingIntervalMilliseconds: configuration.pingIntervalMilliseconds,
                                           pongTimeoutMilliseconds: configuration.effectivePongTimeoutMilliseconds)
         connection.delegate = self
@@ -323,8 +327,9 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
         for w in signalWatchers { w.close() }
         signalWatchers.removeAll()
         tunnel?.abort("stopping")
-        // Lookups are process-wide: the agent's own (the MQTT broker's name) must go on.
-        if onFinished == nil { Resolver.cancelAll() }
+        // Only this runtime's lookups: an agent's session has a resolver of its own, so the
+        // agent's (the MQTT broker's name) go on.
+        resolver.cancelAll()
         releaseHandles()
         for (_, link) in links { link.closeAfterFlush() }
         if links.isEmpty {
@@ -490,7 +495,7 @@ public class TunnelRuntime: TunnelConnectionDelegate, LocalLinkOwner {
             return nil
         }
         do {
-            let link = try LocalLink(id: id, owner: self, loop: loop, logger: logger, maximumPayload: configuration.maximumPayload)
+            let link = try LocalLink(id: id, owner: self, loop: loop, resolver: resolver, logger: logger, maximumPayload: configuration.maximumPayload)
             links[id] = link
             linksMade += 1
             watchStalls()

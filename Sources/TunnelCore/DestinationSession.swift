@@ -33,100 +33,6 @@
 /// a newer STREAM_START for the same service, or (V1/V2 format only) the close of its connection.
 /// In V3 a stream survives with zero connections: the source adds more with CONNECTION_START.
 
-/// Where a service's connections go.
-public enum Endpoint: Equatable, CustomStringConvertible {
-    case tcp(host: String, port: UInt16)
-    case unix(path: String)
-
-    public var description: String {
-        switch self {
-        case .tcp(let host, let port):
-            var h = host
-            for b in host.utf8 where b == 0x3A { h = "[\(host)]"; break }
-            return "\(h):\(port)"
-        case .unix(let path):
-            return path
-        }
-    }
-}
-
-/// One `-d` entry: a service id (empty for the single unnamed mapping) and its endpoint.
-public struct ServiceMapping: Equatable {
-    public var serviceId: String
-    public var endpoint: Endpoint
-
-    public init(serviceId: String, endpoint: Endpoint) {
-        self.serviceId = serviceId
-        self.endpoint = endpoint
-    }
-}
-
-/// Message format of a stream, decided by the peer's STREAM_START (docs/PROTOCOL.md §11).
-public enum MessageFormat: Equatable, CustomStringConvertible {
-    /// No serviceId, no connectionId.
-    case v1
-    /// serviceId, no connectionId.
-    case v2
-    /// serviceId and connectionId.
-    case v3
-
-    public var description: String {
-        switch self {
-        case .v1: return "V1"
-        case .v2: return "V2"
-        case .v3: return "V3"
-        }
-    }
-}
-
-/// Identifies one local TCP (or Unix socket) connection for the lifetime of a process.
-public struct LocalConnectionID: Hashable, CustomStringConvertible {
-    public let rawValue: UInt32
-    public init(_ rawValue: UInt32) { self.rawValue = rawValue }
-    public var description: String { "#\(rawValue)" }
-}
-
-public enum LogLevel: Int, Comparable, CustomStringConvertible {
-    case fatal = 1, error, warning, info, debug, trace
-
-    public static func < (a: LogLevel, b: LogLevel) -> Bool { a.rawValue < b.rawValue }
-
-    public var description: String {
-        switch self {
-        case .fatal: return "fatal"
-        case .error: return "error"
-        case .warning: return "warning"
-        case .info: return "info"
-        case .debug: return "debug"
-        case .trace: return "trace"
-        }
-    }
-}
-
-/// Why a session must end.
-public enum SessionEndReason: Equatable, CustomStringConvertible {
-    /// The tunnel's services do not match the local configuration; retrying will not help.
-    case serviceMismatch(missing: [String], tunnel: [String])
-    /// The peer sent a message type we do not know without marking it ignorable.
-    case unknownMessageType(Int32)
-    /// Source mode: the tunnel's services and the `-s` ports cannot be matched up.
-    case sourceServiceMismatch(mapped: [String], tunnel: [String])
-
-    public var description: String {
-        switch self {
-        case .serviceMismatch(let missing, let tunnel):
-            return "the tunnel's services [\(list(tunnel))] include [\(list(missing))], which -d/--destination-app does not map: add SERVICE=ENDPOINT for each (e.g. -d \(missing.first ?? "SSH")=22)"
-        case .sourceServiceMismatch(let mapped, let tunnel):
-            if tunnel.isEmpty {
-                return "the tunnel has no named services but -s/--source-listen-port maps [\(list(mapped))]: give a single port, e.g. -s 5555"
-            }
-            return "the tunnel has services [\(list(tunnel))] but -s/--source-listen-port gives one unnamed port: name a port for each, e.g. -s \(tunnel[0])=5555"
-        case .unknownMessageType(let type):
-            return "the peer sent message type \(type), which this proxy does not know and which is not marked ignorable"
-        }
-    }
-}
-
 public enum DestinationAction {
     /// Open a local connection to `endpoint` (attempt 1) for the given id.
     case connect(LocalConnectionID, Endpoint)
@@ -560,13 +466,4 @@ public final class DestinationSession {
         connections.removeAll()
         state = .closed
     }
-}
-
-private func list(_ items: [String]) -> String {
-    var out = ""
-    for (i, s) in items.enumerated() {
-        if i > 0 { out += ", " }
-        out += s
-    }
-    return out
 }

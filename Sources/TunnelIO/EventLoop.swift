@@ -1,3 +1,4 @@
+import CLibC
 import CLibUV
 
 /// A libuv error code with the operation that produced it.
@@ -16,6 +17,8 @@ public struct UVError: Error, Equatable, CustomStringConvertible {
     public var description: String { "\(operation): \(cString(uv_strerror(code))) (\(name))" }
 
     public static let endOfFile = Int32(UV_EOF.rawValue)
+    /// The peer reset the connection (a read or write after a TCP RST).
+    public static let connectionReset = Int32(UV_ECONNRESET.rawValue)
 }
 
 /// A Swift string from a NUL-terminated C string (nil gives "").
@@ -204,6 +207,10 @@ public final class SignalWatcher: Handle {
 
     override func willClose() { callback = nil }
 }
+
+/// A monotonic clock (CLOCK_MONOTONIC) in nanoseconds, read at the call rather than cached per
+/// loop iteration like `EventLoop.now`: for the log's rate limit and systemd's MONOTONIC_USEC.
+public func monotonicNanoseconds() -> UInt64 { uv_hrtime() }
 
 /// Ignores SIGPIPE: a write to a socket the peer closed then fails with EPIPE instead of killing
 /// the process.

@@ -48,7 +48,7 @@ final class ControlServer {
         return listener.localAddress ?? address
     }
 
-    private func accept(_ stream: Stream) {
+    private func accept(_ stream: SocketStream) {
         guard connections.count < ControlServer.maximumConnections else {
             stream.close()
             return
@@ -118,14 +118,14 @@ final class HTTPConnection {
 
     let id: Int
     unowned let server: ControlServer
-    private let socket: Stream
+    private let socket: SocketStream
     private let input: RingBuffer
     private var parser = HTTPRequestParser()
     private let idleTimer: Timer
     private var closing = false
     private var closed = false
 
-    init(id: Int, server: ControlServer, loop: EventLoop, socket: Stream) throws(RingBufferError) {
+    init(id: Int, server: ControlServer, loop: EventLoop, socket: SocketStream) throws(RingBufferError) {
         self.id = id
         self.server = server
         self.socket = socket

@@ -72,7 +72,7 @@ final class DataPlane {
         return listener.localAddress ?? address
     }
 
-    private func accept(_ stream: Stream) {
+    private func accept(_ stream: SocketStream) {
         // Connections past the admission limit still get their 503, but a flood beyond that is
         // cut at once: each connection holds about a megabyte of buffers.
         guard !shuttingDown, connections.count < options.maximumConnections + 64 else {

@@ -54,7 +54,7 @@ final class ServiceConnection: TunnelPipelineHandler {
     let channelId: String
     unowned let plane: DataPlane
     private(set) var state = State.tlsHandshake
-    private let socket: Stream
+    private let socket: SocketStream
     private let pipeline: TunnelPipeline
     private var tls: TLSEngine { pipeline.tls }
     private var head = HTTPHeadReader(limit: Admission.maximumHeadLength)
@@ -83,7 +83,7 @@ final class ServiceConnection: TunnelPipelineHandler {
     /// Set when the connection was refused or closed, for the log.
     private(set) var endReason = ""
 
-    init(id: Int, channelId: String, plane: DataPlane, loop: EventLoop, socket: Stream,
+    init(id: Int, channelId: String, plane: DataPlane, loop: EventLoop, socket: SocketStream,
          tlsConfiguration: TLSConfiguration, framing: FramingMode) throws(TLSError) {
         self.id = id
         self.channelId = channelId

@@ -24,6 +24,8 @@ final class TunnelNotifier: MQTTConnectionDelegate {
     private let log: ServiceLog
     private let logger: Logger
     private let random: SecureRandom
+    /// The broker's name is resolved with the build's default (getaddrinfo on the host).
+    private let resolver = Resolver()
     private var connection: MQTTConnection? = nil
     private var ready = false
     private var stopped = false
@@ -73,7 +75,7 @@ final class TunnelNotifier: MQTTConnectionDelegate {
         // A client id of its own per process, so two emulators do not take each other's session.
         var options = MQTTClientOptions(clientId: "tunnel-service-\(getpid())-\(sequence)", subscriptions: [])
         options.keepAliveSeconds = 60
-        let c = MQTTConnection(loop: loop, host: host, port: port, tls: tls, options: options, logger: logger)
+        let c = MQTTConnection(loop: loop, resolver: resolver, host: host, port: port, tls: tls, options: options, logger: logger)
         c.delegate = self
         connection = c
         c.start()

@@ -1,4 +1,4 @@
-import CLibUV
+import CLibC
 
 @main
 struct CoreSelfTest {

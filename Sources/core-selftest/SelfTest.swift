@@ -1,7 +1,7 @@
 // Byte vectors run through TunnelCore in whatever build this is. `make embedded` links and runs
 // it as an Embedded Swift binary, so the device build is checked for behaviour (not only for
 // compiling), and a missing runtime symbol shows up at link time rather than on a gateway.
-import CLibUV
+import CLibC
 import TunnelCore
 
 struct SelfTest {

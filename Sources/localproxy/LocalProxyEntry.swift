@@ -1,4 +1,4 @@
-import CLibUV
+import CLibC
 import LocalProxy
 
 @main

@@ -1,7 +1,7 @@
 // The log rate limit (docs/RELIABILITY.md): at most Logger.linesPerSecond error, warning and
 // info lines a second, and a count of what was left out, reported even when nothing else is
 // logged afterwards.
-import CLibUV
+import CLibC
 import Testing
 import TunnelIO
 @testable import LocalProxy

@@ -13,7 +13,8 @@ struct RuntimeLimitsTests {
         configuration.destinationMappings = [ServiceMapping(serviceId: "", endpoint: .tcp(host: "127.0.0.1", port: 22))]
         let random = try SecureRandom()
         let tls = try TLSConfiguration.client(trustPaths: [], verify: false, random: random)
-        return DestinationRuntime(configuration: configuration, logger: Logger(verbosity: 0), loop: loop, random: random, tls: tls)
+        return DestinationRuntime(configuration: configuration, logger: Logger(verbosity: 0), loop: loop, resolver: Resolver(),
+                                  random: random, tls: tls)
     }
 
     // Links leave the session's per-stream count as soon as they start closing, but keep their

@@ -2,7 +2,6 @@
 // real TCP, TLS and WebSocket, so each lifecycle transition of the class's table is driven by
 // what a service really sends. Every test waits for events with a deadline, and ends with the
 // loop closing with no live handle.
-import CLibUV
 import Testing
 import TunnelCore
 import TunnelIO

@@ -121,7 +121,7 @@ final class TestService {
         self.loop = loop
         tls = try TLSConfiguration.server(certificateFile: certificates.serverCertificate, keyFile: certificates.serverKey, random: random)
         listener = Listener(loop: loop)
-        var accepted: (TunnelIO.Stream) -> Void = { $0.close() }
+        var accepted: (SocketStream) -> Void = { $0.close() }
         try listener.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!) { accepted($0) }
         port = listener.localAddress?.port ?? 0
         accepted = { [unowned self] stream in
@@ -146,7 +146,7 @@ final class TestService {
 /// One connection to the test service.
 final class TestServiceConnection: TunnelPipelineHandler {
     unowned let service: TestService
-    let socket: TunnelIO.Stream
+    let socket: SocketStream
     let pipeline: TunnelPipeline
     private var head = HTTPHeadReader(limit: 8192)
     private var writing = false
@@ -163,7 +163,7 @@ final class TestServiceConnection: TunnelPipelineHandler {
     var answersCloseFrames = true
     private var sentClose = false
 
-    init(service: TestService, socket: TunnelIO.Stream) throws {
+    init(service: TestService, socket: SocketStream) throws {
         self.service = service
         self.socket = socket
         let engine = try TLSEngine(configuration: service.tls, serverName: nil)
@@ -339,7 +339,7 @@ final class TunnelTestBed {
         let tls = try TLSConfiguration.client(trustPaths: [trust ?? certificates.caCertificate], verify: true, random: random)
         let endpoint = TunnelEndpoint(host: "localhost", port: service.port, mode: mode, accessToken: "test-access-token",
                                       clientToken: nil)
-        let connection = TunnelConnection(loop: loop, endpoint: endpoint, tls: tls, random: random, logger: logger,
+        let connection = TunnelConnection(loop: loop, resolver: Resolver(), endpoint: endpoint, tls: tls, random: random, logger: logger,
                                           pingIntervalMilliseconds: pingIntervalMilliseconds,
                                           pongTimeoutMilliseconds: pongTimeoutMilliseconds)
         let recorder = TunnelRecorder()

@@ -21,7 +21,7 @@ final class TestDNSServer {
     private(set) var queries: [Query] = []
     var answer: (_ query: [UInt8], _ from: SocketAddress, _ server: TestDNSServer) -> Void = { _, _, _ in }
     private var listener: Listener? = nil
-    private var tcpClients: [TunnelIO.Stream] = []
+    private var tcpClients: [SocketStream] = []
 
     init(loop: EventLoop) throws {
         socket = Datagram(loop: loop)
@@ -321,6 +321,36 @@ struct DNSResolverTests {
         settings.resolvConfPath = files.directory.appendingPathComponent("absent.conf").path
         settings.hostsPath = files.directory.appendingPathComponent("absent.hosts").path
         #expect(try resolve(loop, "svc.test", settings)?.get() == ["127.0.0.4:443"])
+        server.close()
+        finish(loop)
+    }
+
+    // Each owner (a runtime, an agent session) has its own Resolver: cancelling one ends its
+    // lookups at once, handles and all, and leaves another's to finish.
+    @Test func cancelAllEndsOnlyThatResolversLookups() throws {
+        let loop = try EventLoop()
+        let server = try TestDNSServer(loop: loop)
+        server.answer = { query, from, server in
+            // Only the second resolver's name is answered; the first one's would wait 10 s.
+            if TestDNSServer.describe(query).name == "kept.test" {
+                server.send(dnsReply(to: query, addresses: [[127, 0, 0, 5]]), to: from)
+            }
+        }
+        let files = try ResolverFiles(resolvConf: "nameserver 127.0.0.1\n")
+        defer { files.remove() }
+        let cancelled = Resolver(mode: .builtin, builtinSettings: files.settings(port: server.port, timeoutMilliseconds: 10_000))
+        let kept = Resolver(mode: .builtin, builtinSettings: files.settings(port: server.port))
+        var cancelledResult: Result<[SocketAddress], UVError>? = nil
+        var keptResult: Result<[SocketAddress], UVError>? = nil
+        cancelled.resolve(loop: loop, host: "cancelled.test", port: 1) { cancelledResult = $0 }
+        kept.resolve(loop: loop, host: "kept.test", port: 2) { keptResult = $0 }
+        #expect(cancelled.inFlight.count == 1 && kept.inFlight.count == 1)
+        cancelled.cancelAll()
+        #expect(cancelled.inFlight.isEmpty && kept.inFlight.count == 1)
+        run(loop, until: { keptResult != nil })
+        #expect(try keptResult?.get().map { $0.description } == ["127.0.0.5:2"])
+        #expect(cancelledResult == nil)
+        #expect(kept.inFlight.isEmpty)
         server.close()
         finish(loop)
     }

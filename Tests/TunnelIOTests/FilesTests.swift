@@ -39,3 +39,37 @@ import Testing
         #expect(readResolverFile("/nonexistent/lp-resolv.conf", limit: 40) == nil)
     }
 }
+
+// fileModeAndOwner and regularFiles: what the proxy checks of a token file, and the files of
+// --config-dir.
+@Suite struct FileStatusTests {
+    private func directory() throws -> String {
+        let path = NSTemporaryDirectory() + "lp-files-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+        return path
+    }
+
+    @Test func modeAndOwnerOfAFileAndOfALinkToIt() throws {
+        let dir = try directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data([1]).write(to: URL(fileURLWithPath: dir + "/token"))
+        #expect(chmod(dir + "/token", 0o640) == 0)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/link", withDestinationPath: dir + "/token")
+        let file = try #require(fileModeAndOwner(dir + "/token", followingLinks: false))
+        #expect(file.mode == 0o100640 && file.owner == UInt32(geteuid()))
+        #expect(fileModeAndOwner(dir + "/link", followingLinks: true)?.mode == 0o100640)
+        #expect(fileModeAndOwner(dir + "/link", followingLinks: false).map { $0.mode & 0o170000 } == 0o120000)
+        #expect(fileModeAndOwner(dir + "/missing", followingLinks: true) == nil)
+    }
+
+    @Test func regularFilesRecursivelyInByteOrder() throws {
+        let dir = try directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir + "/b.d", withIntermediateDirectories: false)
+        for name in ["b", "a", "B", "b.d/x"] { try Data().write(to: URL(fileURLWithPath: dir + "/" + name)) }
+        try FileManager.default.createSymbolicLink(atPath: dir + "/link", withDestinationPath: dir + "/a")
+        #expect(regularFiles(under: dir) == [dir + "/B", dir + "/a", dir + "/b", dir + "/b.d/x"])
+        #expect(regularFiles(under: dir + "/") == [dir + "/B", dir + "/a", dir + "/b", dir + "/b.d/x"])
+        #expect(regularFiles(under: dir + "/missing").isEmpty)
+    }
+}

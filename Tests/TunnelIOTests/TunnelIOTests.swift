@@ -1,4 +1,3 @@
-import CLibUV
 import Testing
 import TunnelCore
 @testable import TunnelIO
@@ -24,7 +23,7 @@ struct TunnelIOTests {
     @Test func echoOverLoopback() throws {
         let loop = try EventLoop()
         let listener = Listener(loop: loop)
-        var server: Stream? = nil
+        var server: SocketStream? = nil
         let serverRing = try RingBuffer(minimumCapacity: 4096)
         try listener.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!) { client in
             server = client
@@ -49,7 +48,7 @@ struct TunnelIOTests {
         let port = try #require(listener.localAddress).port
         #expect(port != 0)
 
-        let client = Stream(loop: loop, kind: .tcp)
+        let client = SocketStream(loop: loop, kind: .tcp)
         var connected = false
         client.connect(to: SocketAddress(ip: "127.0.0.1", port: port)!) { error in
             #expect(error == nil)
@@ -99,10 +98,10 @@ struct TunnelIOTests {
     func closeWithResetIsSeenAsAResetNotAnEnd(reset: Bool) throws {
         let loop = try EventLoop()
         let listener = Listener(loop: loop)
-        var server: Stream? = nil
+        var server: SocketStream? = nil
         try listener.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!) { server = $0 }
         let port = try #require(listener.localAddress).port
-        let client = Stream(loop: loop, kind: .tcp)
+        let client = SocketStream(loop: loop, kind: .tcp)
         var connected = false
         client.connect(to: SocketAddress(ip: "127.0.0.1", port: port)!) { error in
             #expect(error == nil)
@@ -122,7 +121,7 @@ struct TunnelIOTests {
         client.startReading()
         if reset { server?.closeWithReset() } else { server?.close() }
         run(loop, until: { outcome != nil })
-        #expect(outcome == (reset ? Int32(UV_ECONNRESET.rawValue) : UVError.endOfFile))
+        #expect(outcome == (reset ? UVError.connectionReset : UVError.endOfFile))
         client.close()
         listener.close()
         finish(loop)
@@ -146,7 +145,7 @@ struct TunnelIOTests {
         probe.close()
         loop.runOnce(wait: false)
 
-        let stream = Stream(loop: loop, kind: .tcp)
+        let stream = SocketStream(loop: loop, kind: .tcp)
         var failure: UVError? = nil
         stream.connect(to: SocketAddress(ip: "127.0.0.1", port: port)!) { error in failure = error }
         run(loop, until: { failure != nil })
@@ -158,7 +157,7 @@ struct TunnelIOTests {
 
     @Test func unixSocketConnectFailureNamesThePath() throws {
         let loop = try EventLoop()
-        let stream = Stream(loop: loop, kind: .unixSocket)
+        let stream = SocketStream(loop: loop, kind: .unixSocket)
         var failure: UVError? = nil
         stream.connect(toPath: "/nonexistent/localproxy-test.sock") { error in failure = error }
         run(loop, until: { failure != nil })
@@ -191,13 +190,14 @@ struct TunnelIOTests {
     @Test func resolvesLocalhostAsynchronously() throws {
         let loop = try EventLoop()
         var result: Result<[SocketAddress], UVError>? = nil
-        Resolver.resolve(loop: loop, host: "localhost", port: 443) { result = $0 }
+        let resolver = Resolver()
+        resolver.resolve(loop: loop, host: "localhost", port: 443) { result = $0 }
         run(loop, until: { result != nil })
         let addresses = try #require(try? result?.get())
         #expect(addresses.contains { $0.description == "127.0.0.1:443" || $0.description == "[::1]:443" })
 
         var failed: UVError? = nil
-        Resolver.resolve(loop: loop, host: "no-such-host.invalid", port: 443) { r in
+        resolver.resolve(loop: loop, host: "no-such-host.invalid", port: 443) { r in
             if case .failure(let e) = r { failed = e }
         }
         run(loop, until: { failed != nil })
@@ -216,7 +216,7 @@ struct TunnelIOTests {
         let listener = Listener(loop: loop)
         try listener.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!) { accepted in accepted.close() }
         let port = try #require(listener.localAddress).port
-        let stream = Stream(loop: loop, kind: .tcp)
+        let stream = SocketStream(loop: loop, kind: .tcp)
         var called = false
         // Closed before the loop runs, so the connect is still pending when the close starts.
         stream.connect(to: SocketAddress(ip: "127.0.0.1", port: port)!) { _ in called = true }

@@ -21,7 +21,7 @@ final class PipelineRecorder: TunnelPipelineHandler {
     var discardAfterHead = false
     /// Runs after each message is recorded (to pause, queue frames, finish...).
     var afterMessage: ((PipelineRecorder) -> Void)? = nil
-    unowned(unsafe) var pipeline: TunnelPipeline! = nil
+    var pipeline: TunnelPipeline! = nil
 
     var messages: [[UInt8]] {
         events.compactMap { if case .message(let bytes) = $0 { return bytes } else { return nil } }

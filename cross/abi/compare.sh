@@ -80,7 +80,7 @@ awk -v arch="$arch" -v cdesc="$c_desc" -v sdesc="$swift_desc" '
         printf "use: do not ship this build. Find the setting that differs between the Embedded Swift\n"
         printf "compile (EMB_TARGET/EMB_XFLAGS in the Makefile: the -D defines, -mfloat-abi, the include\n"
         printf "paths, the clang module cache) and the Linux triple the C libraries were built for\n"
-        printf "(LINK_ARCH), fix it there or in Sources/CLibUV|CMbedTLS/shim.h, and run\n"
+        printf "(LINK_ARCH), fix it there or in Sources/CLibC|CLibUV|CMbedTLS/shim.h, and run\n"
         printf "make check-abi ARCH=%s again (cross/abi/README.md).\n", arch
         exit 1
     }

@@ -67,6 +67,7 @@ function emit_c(    i, t) {
     print "#include <stdio.h>"
     print "#include <string.h>"
     print "/* Exactly the headers the Swift modules import. */"
+    print "#include \"CLibC/shim.h\""
     print "#include \"CLibUV/shim.h\""
     print "#include \"CMbedTLS/shim.h\""
     print ""
@@ -96,6 +97,7 @@ function emit_c(    i, t) {
 
 function emit_swift(    i, t) {
     print "// Generated from cross/abi/types.txt by cross/abi/gen.awk: do not edit."
+    print "import CLibC"
     print "import CLibUV"
     print "import CMbedTLS"
     print ""

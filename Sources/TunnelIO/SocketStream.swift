@@ -1,61 +1,6 @@
+import CLibC
 import CLibUV
 import TunnelCore
-
-/// A socket address (IPv4, IPv6) in a fixed-size buffer, so it can be stored and passed to libuv.
-public struct SocketAddress: CustomStringConvertible {
-    var storage = sockaddr_storage()
-
-    public init?(ip: String, port: UInt16) {
-        let ok = withUnsafeMutablePointer(to: &storage) { pointer -> Bool in
-            let raw = UnsafeMutableRawPointer(pointer)
-            if withCString(ip, { uv_ip4_addr($0, Int32(port), raw.assumingMemoryBound(to: sockaddr_in.self)) }) == 0 { return true }
-            return withCString(ip, { uv_ip6_addr($0, Int32(port), raw.assumingMemoryBound(to: sockaddr_in6.self)) }) == 0
-        }
-        if !ok { return nil }
-    }
-
-    init(copying address: UnsafePointer<sockaddr>, length: Int) {
-        withUnsafeMutableBytes(of: &storage) { out in
-            out.copyMemory(from: UnsafeRawBufferPointer(start: address, count: min(length, out.count)))
-        }
-    }
-
-    func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>) -> R) -> R {
-        withUnsafePointer(to: storage) { body(UnsafeRawPointer($0).assumingMemoryBound(to: sockaddr.self)) }
-    }
-
-    public var port: UInt16 {
-        withSockaddr { p in
-            let family = Int32(p.pointee.sa_family)
-            if family == AF_INET6 {
-                return UInt16(bigEndian: UnsafeRawPointer(p).assumingMemoryBound(to: sockaddr_in6.self).pointee.sin6_port)
-            }
-            return UInt16(bigEndian: UnsafeRawPointer(p).assumingMemoryBound(to: sockaddr_in.self).pointee.sin_port)
-        }
-    }
-
-    /// 127.0.0.0/8, ::1, or an IPv4-mapped loopback address.
-    public var isLoopback: Bool {
-        let text = description
-        return text.hasBytePrefix("127.") || text.hasBytePrefix("[::1]") || text.hasBytePrefix("[::ffff:127.")
-    }
-
-    public var description: String {
-        var text = [CChar](repeating: 0, count: 64)
-        let family = withSockaddr { Int32($0.pointee.sa_family) }
-        withSockaddr { p in
-            text.withUnsafeMutableBufferPointer { out in
-                if family == AF_INET6 {
-                    _ = uv_ip6_name(UnsafeRawPointer(p).assumingMemoryBound(to: sockaddr_in6.self), out.baseAddress, out.count)
-                } else {
-                    _ = uv_ip4_name(UnsafeRawPointer(p).assumingMemoryBound(to: sockaddr_in.self), out.baseAddress, out.count)
-                }
-            }
-        }
-        let host = text.withUnsafeBufferPointer { cString($0.baseAddress) }
-        return family == AF_INET6 ? "[\(host)]:\(port)" : "\(host):\(port)"
-    }
-}
 
 /// A connected byte stream: a TCP socket or a Unix-domain socket.
 ///
@@ -63,7 +8,7 @@ public struct SocketAddress: CustomStringConvertible {
 /// reported with `onRead`; writes are issued from spans the owner keeps valid until the write's
 /// completion runs. Reading stops (`stopReading`) when the owner has nowhere to put more bytes,
 /// which is how back-pressure reaches the peer: its TCP window fills up.
-public final class Stream: Handle {
+public final class SocketStream: Handle {
     public enum Kind { case tcp, unixSocket }
     public let kind: Kind
 
@@ -147,11 +92,11 @@ public final class Stream: Handle {
         guard !reading, !isClosing else { return }
         reading = true
         let status = uv_read_start(stream, { handle, _, buffer in
-            let owner = Handle.owner(handle, as: Stream.self)
+            let owner = Handle.owner(handle, as: SocketStream.self)
             let span = owner.allocate?() ?? UnsafeMutableRawBufferPointer(start: nil, count: 0)
             buffer!.pointee = uv_buf_init(span.baseAddress?.assumingMemoryBound(to: CChar.self), UInt32(span.count))
         }, { stream, nread, _ in
-            let owner = Handle.owner(UnsafeMutableRawPointer(stream!).assumingMemoryBound(to: uv_handle_t.self), as: Stream.self)
+            let owner = Handle.owner(UnsafeMutableRawPointer(stream!).assumingMemoryBound(to: uv_handle_t.self), as: SocketStream.self)
             if nread > 0 {
                 owner.onRead?(.success(nread))
             } else if nread < 0 {
@@ -278,144 +223,4 @@ final class PendingRequest {
     }
 
     deinit { memory.deallocate() }
-}
-
-/// A listening TCP socket.
-public final class Listener: Handle {
-    private var onConnection: ((Stream) -> Void)? = nil
-    private let loop: EventLoop
-
-    public init(loop: EventLoop) {
-        self.loop = loop
-        super.init(byteCount: MemoryLayout<uv_tcp_t>.size)
-        uv_tcp_init(loop.loop, storage.assumingMemoryBound(to: uv_tcp_t.self))
-        retainForLibuv()
-    }
-
-    override func willClose() { onConnection = nil }
-
-    /// Binds and listens; each accepted connection is handed to `onConnection`.
-    public func listen(on address: SocketAddress, backlog: Int32 = 128, _ onConnection: @escaping (Stream) -> Void) throws(UVError) {
-        self.onConnection = onConnection
-        var status = address.withSockaddr { uv_tcp_bind(storage.assumingMemoryBound(to: uv_tcp_t.self), $0, 0) }
-        if status != 0 { throw UVError(status, "binding \(address)") }
-        status = uv_listen(storage.assumingMemoryBound(to: uv_stream_t.self), backlog) { server, status in
-            let owner = Handle.owner(UnsafeMutableRawPointer(server!).assumingMemoryBound(to: uv_handle_t.self), as: Listener.self)
-            guard status == 0 else { return }
-            let client = Stream(loop: owner.loop, kind: .tcp)
-            if uv_accept(server, client.stream) == 0 {
-                owner.onConnection?(client)
-            } else {
-                client.close()
-            }
-        }
-        if status != 0 { throw UVError(status, "listening on \(address)") }
-    }
-
-    /// The bound address (with the port the kernel chose for port 0).
-    public var localAddress: SocketAddress? {
-        var storage = sockaddr_storage()
-        var length = Int32(MemoryLayout<sockaddr_storage>.size)
-        let status = withUnsafeMutablePointer(to: &storage) { p in
-            uv_tcp_getsockname(self.storage.assumingMemoryBound(to: uv_tcp_t.self),
-                               UnsafeMutableRawPointer(p).assumingMemoryBound(to: sockaddr.self), &length)
-        }
-        guard status == 0 else { return nil }
-        return withUnsafePointer(to: storage) {
-            SocketAddress(copying: UnsafeRawPointer($0).assumingMemoryBound(to: sockaddr.self), length: Int(length))
-        }
-    }
-}
-
-/// Asynchronous name resolution, by `Resolver.mode`: the system's getaddrinfo (`uv_getaddrinfo`
-/// runs it on libuv's thread pool, so the loop never blocks on DNS), or the built-in resolver
-/// (DNSResolver.swift). Builds with `-D LP_BUILTIN_DNS` leave getaddrinfo out entirely.
-public final class Resolver {
-    /// Ends every built-in lookup in flight without calling its completion, so that a stopping
-    /// program's loop can end at once. (A getaddrinfo already running on libuv's thread pool
-    /// cannot be interrupted; it ends by itself.)
-    public static func cancelAll() {
-        for lookup in BuiltinResolver.inFlight { lookup.cancel() }
-        BuiltinResolver.inFlight.removeAll()
-    }
-
-    private let request: UnsafeMutablePointer<uv_getaddrinfo_t>
-    private var completion: ((Result<[SocketAddress], UVError>) -> Void)? = nil
-    private let port: UInt16
-    private let host: String
-
-    private init(host: String, port: UInt16) {
-        self.host = host
-        self.port = port
-        request = .allocate(capacity: 1)
-    }
-
-    deinit { request.deallocate() }
-
-    /// Resolves `host` (a name or a numeric address) to TCP addresses for `port`.
-    public static func resolve(loop: EventLoop, host: String, port: UInt16,
-                               _ completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
-        if let numeric = SocketAddress(ip: host, port: port) {
-            completion(.success([numeric]))
-            return
-        }
-        #if LP_BUILTIN_DNS
-        BuiltinResolver.resolve(loop: loop, host: host, port: port, settings: builtinSettings, completion)
-        #else
-        if mode == .builtin {
-            BuiltinResolver.resolve(loop: loop, host: host, port: port, settings: builtinSettings, completion)
-            return
-        }
-        let resolver = Resolver(host: host, port: port)
-        resolver.completion = completion
-        resolver.request.pointee.data = Unmanaged.passRetained(resolver).toOpaque()
-        var hints = addrinfo()
-        hints.ai_family = AF_UNSPEC
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        let status = withCString(host) { name in
-            uv_getaddrinfo(loop.loop, resolver.request, { req, status, result in
-                let unmanaged = Unmanaged<Resolver>.fromOpaque(req!.pointee.data!)
-                let me = unmanaged.takeUnretainedValue()
-                var addresses: [SocketAddress] = []
-                var entry = result
-                while let e = entry {
-                    if let a = e.pointee.ai_addr {
-                        var address = SocketAddress(copying: a, length: Int(e.pointee.ai_addrlen))
-                        address.setPort(me.port)
-                        addresses.append(address)
-                    }
-                    entry = e.pointee.ai_next
-                }
-                uv_freeaddrinfo(result)
-                let done = me.completion
-                me.completion = nil
-                if status != 0 {
-                    done?(.failure(UVError(status, "resolving \(me.host)")))
-                } else if addresses.isEmpty {
-                    done?(.failure(UVError(Int32(UV_EAI_NONAME.rawValue), "resolving \(me.host)")))
-                } else {
-                    done?(.success(addresses))
-                }
-                unmanaged.release()
-            }, name, nil, &hints)
-        }
-        if status != 0 {
-            Unmanaged<Resolver>.fromOpaque(resolver.request.pointee.data!).release()
-            completion(.failure(UVError(status, "resolving \(host)")))
-        }
-        #endif
-    }
-}
-
-extension SocketAddress {
-    mutating func setPort(_ port: UInt16) {
-        withUnsafeMutablePointer(to: &storage) { p in
-            let raw = UnsafeMutableRawPointer(p)
-            if Int32(raw.assumingMemoryBound(to: sockaddr.self).pointee.sa_family) == AF_INET6 {
-                raw.assumingMemoryBound(to: sockaddr_in6.self).pointee.sin6_port = port.bigEndian
-            } else {
-                raw.assumingMemoryBound(to: sockaddr_in.self).pointee.sin_port = port.bigEndian
-            }
-        }
-    }
 }

@@ -1,52 +1,6 @@
 import CLibUV
 import TunnelCore
 
-/// How `Resolver.resolve` turns host names into addresses.
-public enum ResolverMode: Equatable, CustomStringConvertible {
-    /// The C library's getaddrinfo on libuv's thread pool (nsswitch, NSS modules, its cache).
-    case system
-    /// Our own stub resolver on the loop: /etc/hosts, then DNS over UDP (TCP when truncated) to
-    /// the nameservers of /etc/resolv.conf. Needs no NSS, so it works in a fully static binary.
-    case builtin
-
-    public var description: String { self == .system ? "system" : "builtin" }
-}
-
-/// Where the built-in resolver finds its configuration. The proxy fills it in at start-up
-/// (from LOCALPROXY_RESOLV_CONF, LOCALPROXY_HOSTS and LOCALPROXY_DNS_PORT, for tests).
-public struct BuiltinResolverSettings {
-    public var resolvConfPath = "/etc/resolv.conf"
-    public var hostsPath = "/etc/hosts"
-    /// The port of every nameserver (resolv.conf has no syntax for one).
-    public var nameserverPort: UInt16 = 53
-    /// Replaces resolv.conf's per-try timeout; for tests, which want fractions of a second.
-    public var timeoutMilliseconds: UInt64? = nil
-
-    public init() {}
-
-    /// Files larger than these are read only up to their last whole line within the limit.
-    static let hostsFileLimit = 1 << 20
-    static let resolvConfLimit = 64 * 1024
-}
-
-extension Resolver {
-    #if LP_BUILTIN_DNS
-    /// The process-wide choice, set once at start-up. This build has no getaddrinfo (it is
-    /// meant to be linked fully static), so `.system` also uses the built-in resolver.
-    public nonisolated(unsafe) static var mode: ResolverMode = .builtin
-    /// Whether this build can use getaddrinfo at all.
-    public static let systemResolverAvailable = false
-    #else
-    /// The process-wide choice, set once at start-up.
-    public nonisolated(unsafe) static var mode: ResolverMode = .system
-    /// Whether this build can use getaddrinfo at all.
-    public static let systemResolverAvailable = true
-    #endif
-
-    /// The built-in resolver's files and port, set once at start-up.
-    public nonisolated(unsafe) static var builtinSettings = BuiltinResolverSettings()
-}
-
 /// One lookup by the built-in resolver: the I/O half of `DNSLookup`. It reads the two files
 /// (synchronously: they are small local files, read once per lookup so that changes are seen),
 /// answers from /etc/hosts when the name is there, else runs the lookup's tries: a fresh UDP
@@ -67,9 +21,9 @@ final class BuiltinResolver {
     private var exchanges: [DNSOverTCP] = []
     /// Counts tries, so that callbacks of an earlier try's sockets are recognised and dropped.
     private var generation = 0
-    /// Lookups in flight, so that a stopping proxy can end them (`Resolver.cancelAll`) instead of
-    /// waiting out their timeouts (up to timeout × attempts × nameservers).
-    nonisolated(unsafe) static var inFlight: [BuiltinResolver] = []
+    /// The resolver that lists this lookup among those in flight (`Resolver.cancelAll`), until
+    /// the lookup finishes or is cancelled.
+    private var registry: Resolver? = nil
 
     private init(loop: EventLoop, host: String, port: UInt16, servers: [SocketAddress], lookup: DNSLookup,
                  completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
@@ -82,7 +36,8 @@ final class BuiltinResolver {
         timer = Timer(loop: loop)
     }
 
-    static func resolve(loop: EventLoop, host: String, port: UInt16, settings: BuiltinResolverSettings,
+    /// Starts a lookup; `registry`, when given, lists it among its lookups in flight.
+    static func resolve(loop: EventLoop, host: String, port: UInt16, settings: BuiltinResolverSettings, registry: Resolver? = nil,
                         _ completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
         let hosts = HostsFile(parsing: readResolverFile(settings.hostsPath, limit: BuiltinResolverSettings.hostsFileLimit) ?? [])
         let listed = hosts.addresses(for: host)
@@ -104,17 +59,28 @@ final class BuiltinResolver {
                                timeoutMilliseconds: settings.timeoutMilliseconds ?? UInt64(configuration.timeoutSeconds) * 1000,
                                nextID: randomQueryID)
         let resolver = BuiltinResolver(loop: loop, host: host, port: port, servers: servers, lookup: lookup, completion: completion)
-        inFlight.append(resolver)
+        if let registry {
+            resolver.registry = registry
+            registry.inFlight.append(resolver)
+        }
         let first = resolver.lookup.start()
         resolver.perform(first)
     }
 
     /// Ends the lookup without calling its completion: its sockets and timer are closed.
     func cancel() {
+        // Closing the socket completes its pending sends with ECANCELED: a new generation makes
+        // those callbacks stale, or they would start the next try on a new socket.
+        generation += 1
         closeTransports()
         timer.close()
         completion = nil
-        BuiltinResolver.inFlight.removeAll { $0 === self }
+        leaveRegistry()
+    }
+
+    private func leaveRegistry() {
+        registry?.inFlight.removeAll { $0 === self }
+        registry = nil
     }
 
     /// Carries out what the lookup asks for.
@@ -138,7 +104,7 @@ final class BuiltinResolver {
         case .finished(let result):
             closeTransports()
             timer.close()
-            BuiltinResolver.inFlight.removeAll { $0 === self }
+            leaveRegistry()
             let done = completion
             completion = nil
             switch result {
@@ -219,99 +185,12 @@ func readResolverFile(_ path: String, limit: Int) -> [UInt8]? {
     return data
 }
 
-// MARK: UDP
-
-/// A UDP socket: datagrams sent from copies freed on completion, received into one fixed buffer
-/// (DNS answers over UDP are at most 512 bytes without EDNS; a bigger datagram that was cut
-/// short is dropped).
-final class Datagram: Handle {
-    static let receiveBufferSize = 4096
-    private let receiveBuffer: UnsafeMutableRawBufferPointer
-    private var onDatagram: ((UnsafeRawBufferPointer, SocketAddress) -> Void)? = nil
-
-    init(loop: EventLoop) {
-        receiveBuffer = .allocate(byteCount: Datagram.receiveBufferSize, alignment: 16)
-        super.init(byteCount: MemoryLayout<uv_udp_t>.size)
-        uv_udp_init(loop.loop, udp)
-        retainForLibuv()
-    }
-
-    deinit { receiveBuffer.deallocate() }
-
-    var udp: UnsafeMutablePointer<uv_udp_t> { storage.assumingMemoryBound(to: uv_udp_t.self) }
-
-    override func willClose() { onDatagram = nil }
-
-    func bind(to address: SocketAddress) throws(UVError) {
-        let status = address.withSockaddr { uv_udp_bind(udp, $0, 0) }
-        if status != 0 { throw UVError(status, "binding a UDP socket to \(address)") }
-    }
-
-    /// The bound address (with the port the kernel chose for port 0).
-    var localAddress: SocketAddress? {
-        var storage = sockaddr_storage()
-        var length = Int32(MemoryLayout<sockaddr_storage>.size)
-        let status = withUnsafeMutablePointer(to: &storage) { p in
-            uv_udp_getsockname(udp, UnsafeMutableRawPointer(p).assumingMemoryBound(to: sockaddr.self), &length)
-        }
-        guard status == 0 else { return nil }
-        return withUnsafePointer(to: storage) {
-            SocketAddress(copying: UnsafeRawPointer($0).assumingMemoryBound(to: sockaddr.self), length: Int(length))
-        }
-    }
-
-    /// Sends one datagram; `completion` gets nil once it is out. A failure to start is reported
-    /// to `completion` before returning.
-    func send(_ bytes: [UInt8], to address: SocketAddress, _ completion: @escaping (UVError?) -> Void) {
-        guard !isClosing else { return }
-        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 1)
-        copy.copyBytes(from: bytes)
-        let request = PendingRequest(uv_udp_send_t.self, owner: self) { status in
-            copy.deallocate()
-            completion(status == 0 ? nil : UVError(status, "sending to \(address)"))
-        }
-        var buffer = uv_buf_init(copy.baseAddress!.assumingMemoryBound(to: CChar.self), UInt32(bytes.count))
-        let status = address.withSockaddr { a in
-            uv_udp_send(request.request(uv_udp_send_t.self), udp, &buffer, 1, a) { req, status in
-                PendingRequest.complete(UnsafeMutableRawPointer(req), status)
-            }
-        }
-        if status != 0 {
-            request.release()
-            copy.deallocate()
-            completion(UVError(status, "sending to \(address)"))
-        }
-    }
-
-    /// Delivers each datagram with its sender; the bytes are valid during the call only.
-    func startReceiving(_ handler: @escaping (UnsafeRawBufferPointer, SocketAddress) -> Void) throws(UVError) {
-        onDatagram = handler
-        let status = uv_udp_recv_start(udp, { handle, _, buffer in
-            let owner = Handle.owner(handle, as: Datagram.self)
-            buffer!.pointee = uv_buf_init(owner.receiveBuffer.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                          UInt32(owner.receiveBuffer.count))
-        }, { handle, nread, _, sender, flags in
-            let owner = Handle.owner(UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_handle_t.self), as: Datagram.self)
-            // nread 0 without a sender means "nothing more for now"; errors on an unconnected
-            // socket say nothing about any one peer; a datagram cut short cannot be parsed.
-            guard nread >= 0, let sender, flags & UInt32(UV_UDP_PARTIAL.rawValue) == 0 else { return }
-            let length = Int32(sender.pointee.sa_family) == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
-            let from = SocketAddress(copying: sender, length: length)
-            owner.onDatagram?(UnsafeRawBufferPointer(start: owner.receiveBuffer.baseAddress, count: nread), from)
-        })
-        if status != 0 {
-            onDatagram = nil
-            throw UVError(status, "receiving on a UDP socket")
-        }
-    }
-}
-
 // MARK: TCP
 
 /// One query over TCP (RFC 1035 §4.2.2: each message behind a 2-byte length): connect, write,
 /// read the length, then exactly that many bytes into a buffer of that size.
 final class DNSOverTCP {
-    private let stream: Stream
+    private let stream: SocketStream
     private let server: SocketAddress
     private let outgoing: UnsafeMutableRawBufferPointer
     private let prefix = UnsafeMutableRawBufferPointer.allocate(byteCount: 2, alignment: 2)
@@ -322,7 +201,7 @@ final class DNSOverTCP {
 
     init(loop: EventLoop, server: SocketAddress, query: [UInt8]) {
         self.server = server
-        stream = Stream(loop: loop, kind: .tcp)
+        stream = SocketStream(loop: loop, kind: .tcp)
         outgoing = .allocate(byteCount: query.count + 2, alignment: 2)
         outgoing[0] = UInt8(query.count >> 8)
         outgoing[1] = UInt8(truncatingIfNeeded: query.count)
@@ -392,49 +271,5 @@ final class DNSOverTCP {
         let report = onFailure
         close()
         report?(reason)
-    }
-}
-
-// MARK: Addresses
-
-extension SocketAddress {
-    /// The socket address of `ip` and `port`.
-    init(_ ip: IPAddress, port: UInt16) {
-        withUnsafeMutableBytes(of: &storage) { raw in
-            if ip.family == .v4 {
-                var a = sockaddr_in()
-                a.sin_family = sa_family_t(AF_INET)
-                a.sin_port = port.bigEndian
-                withUnsafeMutableBytes(of: &a.sin_addr) { $0.copyBytes(from: ip.bytes) }
-                raw.storeBytes(of: a, as: sockaddr_in.self)
-            } else {
-                var a = sockaddr_in6()
-                a.sin6_family = sa_family_t(AF_INET6)
-                a.sin6_port = port.bigEndian
-                withUnsafeMutableBytes(of: &a.sin6_addr) { $0.copyBytes(from: ip.bytes) }
-                raw.storeBytes(of: a, as: sockaddr_in6.self)
-            }
-        }
-    }
-
-    var isIPv6: Bool { withSockaddr { Int32($0.pointee.sa_family) == AF_INET6 } }
-
-    /// Same family, address and port (what a reply's source must be).
-    func isSameEndpoint(as other: SocketAddress) -> Bool {
-        guard isIPv6 == other.isIPv6, port == other.port else { return false }
-        return addressBytes == other.addressBytes
-    }
-
-    /// The address alone, in network order.
-    var addressBytes: [UInt8] {
-        withSockaddr { p in
-            let raw = UnsafeRawPointer(p)
-            if Int32(p.pointee.sa_family) == AF_INET6 {
-                var a = raw.assumingMemoryBound(to: sockaddr_in6.self).pointee.sin6_addr
-                return withUnsafeBytes(of: &a) { Array($0) }
-            }
-            var a = raw.assumingMemoryBound(to: sockaddr_in.self).pointee.sin_addr
-            return withUnsafeBytes(of: &a) { Array($0) }
-        }
     }
 }
