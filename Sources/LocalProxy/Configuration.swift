@@ -37,7 +37,7 @@ public struct Configuration {
     public var stallTimeoutMilliseconds = 15_000
     public var reconnectDelayMaximumMilliseconds = 120_000
     public var maximumPayload = TunnelMessage.maximumPayloadLength
-    /// `--dns`: how host names are resolved; nil keeps the build's default (`Resolver.mode`).
+    /// `--dns`: how host names are resolved; nil keeps the build's default (`Resolver.defaultMode`).
     public var resolverMode: ResolverMode? = nil
     /// The built-in resolver's files and nameserver port, from LOCALPROXY_RESOLV_CONF,
     /// LOCALPROXY_HOSTS and LOCALPROXY_DNS_PORT (meant for tests).
@@ -394,7 +394,7 @@ public enum ConfigurationParser {
             c.nameserverPort = port
         }
         let overridden = c.resolvConfPath != nil || c.hostsPath != nil || c.nameserverPort != nil
-        if overridden && (c.resolverMode ?? Resolver.mode) == .system {
+        if overridden && (c.resolverMode ?? Resolver.defaultMode) == .system {
             c.warnings.append("LOCALPROXY_RESOLV_CONF, LOCALPROXY_HOSTS and LOCALPROXY_DNS_PORT apply to the built-in resolver only (--dns builtin)")
         }
     }

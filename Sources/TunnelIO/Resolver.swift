@@ -50,10 +50,6 @@ public final class Resolver {
     public static let systemResolverAvailable = true
     #endif
 
-    /// The build's default mode, under the name Configuration.swift reads; the same as
-    /// `defaultMode`, and not the mode of any instance.
-    public static var mode: ResolverMode { defaultMode }
-
     /// How this resolver's lookups are done (`--dns`).
     public var mode: ResolverMode
     /// The built-in resolver's files and port.
