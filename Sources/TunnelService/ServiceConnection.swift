@@ -73,10 +73,8 @@ final class ServiceConnection: TunnelPipelineHandler {
     private var closeReceived = false
     private var writing = false
 
-    private var driving = false
-    private var driveAgain = false
-    private var flushing = false
-    private var flushAgain = false
+    private let driveRounds = Rounds()
+    private let flushRounds = Rounds()
     private let timer: Timer
 
     var attachment: Attachment? = nil
@@ -131,16 +129,7 @@ final class ServiceConnection: TunnelPipelineHandler {
     /// after each completed write, and when a paused sender's peer has room again. Re-entrant
     /// calls (a relay into our peer can come back to us) only ask for one more round.
     func drive() {
-        if driving {
-            driveAgain = true
-            return
-        }
-        driving = true
-        repeat {
-            driveAgain = false
-            step()
-        } while driveAgain && state != .closed
-        driving = false
+        driveRounds.run(while: { state != .closed }, step)
     }
 
     private func step() {
@@ -354,16 +343,7 @@ final class ServiceConnection: TunnelPipelineHandler {
     /// Moves control frames, data frames and the close frame into TLS, and ciphertext onto
     /// the socket.
     func flush() {
-        if flushing {
-            flushAgain = true
-            return
-        }
-        flushing = true
-        repeat {
-            flushAgain = false
-            flushOnce()
-        } while flushAgain && state != .closed
-        flushing = false
+        flushRounds.run(while: { state != .closed }, flushOnce)
     }
 
     private func flushOnce() {
@@ -385,7 +365,7 @@ final class ServiceConnection: TunnelPipelineHandler {
                     if let close = pendingClose, (outgoing?.readableCount ?? 0) == 0 {
                         pendingClose = nil
                         pipeline.queueClose(code: close.code, reason: close.reason)
-                        flushAgain = true
+                        flushRounds.request()
                     }
                 } else if pipeline.closeWritten && closeReceived {
                     beginDrain()
@@ -529,5 +509,31 @@ final class ServiceConnection: TunnelPipelineHandler {
         pipeline.finish()
         serviceBacklog.removeAll()
         plane.removed(self, why: endReason)
+    }
+}
+
+/// A step run again and again while something asked for another round: a call made while the
+/// step runs (re-entrantly, through a relay into the peer and back, or by the step itself)
+/// does not nest but asks for one more round once the current one ends.
+final class Rounds {
+    private var running = false
+    private var again = false
+
+    /// Asks for one more round of the step that is running.
+    func request() { again = true }
+
+    /// Runs `step` now, or, when it is already running, asks for another round. Rounds go on
+    /// while one was asked for and `keepGoing` holds.
+    func run(while keepGoing: () -> Bool, _ step: () -> Void) {
+        if running {
+            again = true
+            return
+        }
+        running = true
+        repeat {
+            again = false
+            step()
+        } while again && keepGoing()
+        running = false
     }
 }
