@@ -37,7 +37,7 @@ import pytest
 from emulator import start_emulator  # noqa: F401  (a fixture, used by name)
 from local_services import EchoServer
 from mqtt_broker import mqtt_broker, mqtt_pki, notify_payload, notify_topic  # noqa: F401  (fixtures)
-from whole_tunnel import LoggedProcess, WAIT, connect, write_token
+from whole_tunnel import LISTENING_RE, WAIT, LoggedProcess, connect, kill_and_show, write_token
 
 THING = "gw1"
 
@@ -124,17 +124,13 @@ class AgentRig:
         ports = {}
         for service in services:
             line = await self.source.wait_line(f"listening for service {service} on ")
-            ports[service] = int(line.rsplit(":", 1)[1].split()[0])
+            match = LISTENING_RE.search(line)
+            assert match and match.group(1) == service, f"unexpected listening line: {line!r}"
+            ports[service] = int(match.group(2))
         return ports
 
     async def cleanup(self) -> None:
-        for proc in self.processes:
-            await proc.kill()
-        for proc in self.processes:
-            print(f"==== {proc.name}: {' '.join(proc.argv)}")
-            print(f"     exit {proc.returncode}")
-            for line in proc.lines:
-                print(f"     {line}")
+        await kill_and_show(self.processes)
         print("==== tunnel-service stderr (tail)")
         print(self.emulator.stderr()[-4000:])
         print("==== mosquitto log (tail)")

@@ -131,6 +131,17 @@ class LoggedProcess(Waitable):
                 await asyncio.wait_for(asyncio.shield(self._waiter), 10)
 
 
+async def kill_and_show(processes: list[LoggedProcess]) -> None:
+    """Kills whatever a test left running and prints every log (pytest shows it on failure)."""
+    for proc in processes:
+        await proc.kill()
+    for proc in processes:
+        print(f"==== {proc.name}: {' '.join(proc.argv)}")
+        print(f"     exit {proc.returncode}")
+        for line in proc.lines:
+            print(f"     {line}")
+
+
 class WholeTunnel:
     """One tunnel of the emulator and the two proxies that serve it.
 
@@ -208,14 +219,7 @@ class WholeTunnel:
             self.ports[service] = int(match.group(2))
 
     async def cleanup(self) -> None:
-        """Kills whatever a test left running and prints every log (pytest shows it on failure)."""
-        for proc in self.processes:
-            await proc.kill()
-        for proc in self.processes:
-            print(f"==== {proc.name}: {' '.join(proc.argv)}")
-            print(f"     exit {proc.returncode}")
-            for line in proc.lines:
-                print(f"     {line}")
+        await kill_and_show(self.processes)
 
     # ---- control plane -----------------------------------------------------------------
 
