@@ -15,7 +15,7 @@ final class BuiltinResolver {
     private let port: UInt16
     private let servers: [SocketAddress]
     private var lookup: DNSLookup
-    private var completion: ((Result<[SocketAddress], UVError>) -> Void)?
+    private var completion: LookupCompletion?
     private let timer: Timer
     private var datagram: Datagram? = nil
     private var exchanges: [DNSOverTCP] = []
@@ -26,7 +26,7 @@ final class BuiltinResolver {
     private var registry: Resolver? = nil
 
     private init(loop: EventLoop, host: String, port: UInt16, servers: [SocketAddress], lookup: DNSLookup,
-                 completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
+                 completion: LookupCompletion) {
         self.loop = loop
         self.host = host
         self.port = port
@@ -38,18 +38,18 @@ final class BuiltinResolver {
 
     /// Starts a lookup; `registry`, when given, lists it among its lookups in flight.
     static func resolve(loop: EventLoop, host: String, port: UInt16, settings: BuiltinResolverSettings, registry: Resolver? = nil,
-                        _ completion: @escaping (Result<[SocketAddress], UVError>) -> Void) {
+                        _ completion: LookupCompletion) {
         let hosts = HostsFile(parsing: readResolverFile(settings.hostsPath, limit: BuiltinResolverSettings.hostsFileLimit) ?? [])
         let listed = hosts.addresses(for: host)
         if !listed.isEmpty {
-            completion(.success(listed.map { SocketAddress($0, port: port) }))
+            completion.call(.success(listed.map { SocketAddress($0, port: port) }))
             return
         }
         let name: DNSName
         do throws(DNSError) {
             name = try DNSName(host)
         } catch {
-            completion(.failure(UVError(Int32(UV_EAI_NONAME.rawValue), "resolving \(host): \(DNSLookupError.invalidName(error))")))
+            completion.call(.failure(UVError(Int32(UV_EAI_NONAME.rawValue), "resolving \(host): \(DNSLookupError.invalidName(error))")))
             return
         }
         let configuration = readResolverFile(settings.resolvConfPath, limit: BuiltinResolverSettings.resolvConfLimit)
@@ -109,11 +109,11 @@ final class BuiltinResolver {
             completion = nil
             switch result {
             case .success(let addresses):
-                done?(.success(addresses.map { SocketAddress($0, port: port) }))
+                done?.call(.success(addresses.map { SocketAddress($0, port: port) }))
             case .failure(let error):
                 var list = ""
                 for s in servers { list += list.isEmpty ? "\(s)" : ", \(s)" }
-                done?(.failure(UVError(Self.code(for: error), "resolving \(host): \(error) (built-in resolver; nameservers \(list))")))
+                done?.call(.failure(UVError(Self.code(for: error), "resolving \(host): \(error) (built-in resolver; nameservers \(list))")))
             }
         }
     }

@@ -160,7 +160,7 @@ private let loopbackV6: [UInt8] = [UInt8](repeating: 0, count: 15) + [1]
 private func resolve(_ loop: EventLoop, _ host: String, port: UInt16 = 443, _ settings: BuiltinResolverSettings,
                      timeoutMilliseconds: UInt64 = 10_000) -> Result<[String], UVError>? {
     var result: Result<[SocketAddress], UVError>? = nil
-    BuiltinResolver.resolve(loop: loop, host: host, port: port, settings: settings) { result = $0 }
+    BuiltinResolver.resolve(loop: loop, host: host, port: port, settings: settings, LookupCompletion { result = $0 })
     run(loop, until: { result != nil }, timeoutMilliseconds: timeoutMilliseconds)
     return result?.map { $0.map { $0.description } }
 }
@@ -360,7 +360,7 @@ struct DNSResolverTests {
         let files = try ResolverFiles(resolvConf: "nameserver 127.0.0.1\n")
         defer { files.remove() }
         var result: Result<[SocketAddress], UVError>? = nil
-        BuiltinResolver.resolve(loop: loop, host: "bad name.test", port: 1, settings: files.settings(port: 9)) { result = $0 }
+        BuiltinResolver.resolve(loop: loop, host: "bad name.test", port: 1, settings: files.settings(port: 9), LookupCompletion { result = $0 })
         guard case .failure(let error)? = result else {
             Issue.record("expected an immediate failure, got \(String(describing: result))")
             return
