@@ -138,12 +138,16 @@
 #define MBEDTLS_SSL_TLS_C
 #define MBEDTLS_X509_USE_C
 #define MBEDTLS_X509_CRT_PARSE_C
+/* AES is only ever used forwards here: GCM and CTR_DRBG encrypt in both directions, and there is
+ * no CBC, XTS, DES or key wrapping. Without AES decryption (its key schedule, rounds and
+ * inverse tables) the armv7 static binary is 1.3 KB smaller and 4.3 KB less .bss. */
+#define MBEDTLS_BLOCK_CIPHER_NO_DECRYPT
 
 /* The accelerated record AEADs (cross/aead/): on when the build defines LP_AEAD_* (the
  * Makefile does per architecture), except in the files that compile mbedTLS's own
  * implementations under other names as the fallback (LP_PORTABLE_AEAD). */
 #if !defined(LP_PORTABLE_AEAD)
-#if defined(LP_AEAD_CHACHAPOLY_SODIUM) || defined(LP_AEAD_CHACHAPOLY_NETTLE)
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM) || defined(LP_AEAD_CHACHAPOLY_NETTLE) || defined(LP_AEAD_CHACHAPOLY_OPENSSL)
 #define MBEDTLS_CHACHAPOLY_ALT
 #endif
 #if defined(LP_AEAD_GCM_NETTLE)
