@@ -44,8 +44,9 @@ SWIFTC       ?= $(shell command -v swiftc)
 TC           := $(abspath $(dir $(realpath $(SWIFTC)))/../..)
 VENV         := .venv
 PY           := $(VENV)/bin/python
-# patch and xz-utils: the static builds apply Debian's patches to libuv (a .debian.tar.xz).
-APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev m4 \
+# patch and xz-utils: the static builds apply Debian's patches to libuv (a .debian.tar.xz); m4
+# builds Nettle and perl generates OpenSSL's armv7 assembly (cross/aead/).
+APT_PACKAGES := libuv1-dev libmbedtls-dev curl ca-certificates openssl openssh-server openssh-client libssl-dev m4 perl \
                 patch xz-utils squid
 # The packaging tests (Tests/Peers/test_packaging.py, docs/GATEWAY.md): shell and unit linters,
 # Debian's and BusyBox's start-stop-daemon, dpkg-deb and lintian for the .debs.
@@ -100,7 +101,10 @@ else ifeq ($(ARCH),armv7)
   # LLVM's machine outliner turns repeated instruction sequences into shared functions: armv7
   # static 610,116 to 599,540 bytes for the Swift code alone (docs/FOOTPRINT.md).
   SIZE_FLAGS := -mllvm -enable-machine-outliner
-  EMB_XFLAGS := -Xllvm -enable-machine-outliner -Xcc -mthumb -Xcc -mfloat-abi=hard -Xcc -mfpu=vfpv3-d16 -Xcc -D_FILE_OFFSET_BITS=64 $(LINUX_DEFS) -Xcc -isystem -Xcc /usr/$(GNU_TRIPLE)/include -Xcc -isystem -Xcc $(XINC)
+  # No closure specialisation: the optimizer otherwise compiles a copy of a function for each
+  # caller's closure literal (SocketStream.write, connect, sendRing...), which buys an inlined
+  # call on paths that run once per write or connection: armv7 static 599,032 to 592,240 bytes.
+  EMB_XFLAGS := -Xllvm -sil-disable-pass=closure-specialize -Xllvm -enable-machine-outliner -Xcc -mthumb -Xcc -mfloat-abi=hard -Xcc -mfpu=vfpv3-d16 -Xcc -D_FILE_OFFSET_BITS=64 $(LINUX_DEFS) -Xcc -isystem -Xcc /usr/$(GNU_TRIPLE)/include -Xcc -isystem -Xcc $(XINC)
   LINK_ARCH  := --target=arm-linux-gnueabihf -march=armv7-a -mfpu=vfpv3-d16 -mfloat-abi=hard
   # Thumb-2, as Debian's armhf is built: about a third smaller than ARM code.
   C_ARCH     := --target=arm-linux-gnueabihf -march=armv7-a -mthumb -mfpu=vfpv3-d16 -mfloat-abi=hard
@@ -149,11 +153,18 @@ LIBUV_CFLAGS    := -std=gnu90 -fvisibility=hidden -fno-strict-aliasing -Wall -We
 # source packages by cross/aead/build-*.sh) through mbedTLS's MBEDTLS_CHACHAPOLY_ALT and
 # MBEDTLS_GCM_ALT, with mbedTLS's own code as the fallback; their objects go into the minimal
 # libmbedcrypto.a. aarch64 takes both from Nettle (AES-GCM: ARMv8 AES and PMULL; ChaCha20:
-# Advanced SIMD); armv7 keeps mbedTLS's portable code for both (docs/CRYPTO.md says why).
+# Advanced SIMD); armv7 takes ChaCha20 and Poly1305 from OpenSSL's NEON assembly (only those two
+# files of Debian's openssl source, build-openssl-asm.sh) and keeps mbedTLS's AES-GCM
+# (docs/CRYPTO.md says why).
 SODIUM_TARBALL  := libsodium_1.0.18.orig.tar.gz
 SODIUM_SHA256   := d59323c6b712a1519a5daf710b68f5e7fde57040845ffec53850911f10a5d4f4
 NETTLE_TARBALL  := nettle_3.8.1.orig.tar.gz
 NETTLE_SHA256   := 364f3e2b77cd7dcde83fd7c45219c834e54b0c75e428b6f894a23d12dd41cbfe
+# Debian 12's openssl, pinned to the version of its point release (bookworm main), which stays
+# downloadable when security updates move on.
+OPENSSL_PACKAGE := openssl=3.0.17-1~deb12u2
+OPENSSL_TARBALL := openssl_3.0.17.orig.tar.gz
+OPENSSL_SHA256  := dfdd77e4ea1b57ff3a6dbde6b0bdc3f31db5ac99e7fdd4eaf9e1fbb6ec2db8ce
 AEAD_SOURCES    := $(wildcard cross/aead/*.c cross/aead/*.h cross/aead/*.sh)
 # AEAD_LIBS: the libraries built for the architecture.
 ifeq ($(ARCH),x86_64)
@@ -166,6 +177,10 @@ else ifeq ($(ARCH),aarch64)
   AEAD_SWIFT_DEFS := -D LP_AEAD
   AEAD_LIBS     := nettle
   NETTLE_OPTIONS := --disable-fat --enable-arm64-crypto
+else ifeq ($(ARCH),armv7)
+  AEAD_DEFS     := -DLP_AEAD -DLP_AEAD_CHACHAPOLY_OPENSSL -I$(CURDIR)/cross/aead
+  AEAD_SWIFT_DEFS := -D LP_AEAD
+  AEAD_LIBS     := openssl
 endif
 ifeq ($(LINK),dynamic)
   EMB_CLIBS  := -luv -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -ldl -lm
@@ -325,7 +340,8 @@ $(DOWNLOADS)/$(MBEDTLS_TARBALL):
 
 $(MBEDTLS_ARCHIVES) &: $(DOWNLOADS)/$(MBEDTLS_TARBALL) $(MBEDTLS_CONFIG) \
     $(if $(AEAD_DEFS),$(AEAD_SOURCES) $(if $(filter sodium,$(AEAD_LIBS)),$(DOWNLOADS)/$(SODIUM_TARBALL)) \
-      $(DOWNLOADS)/$(NETTLE_TARBALL))
+      $(if $(filter nettle,$(AEAD_LIBS)),$(DOWNLOADS)/$(NETTLE_TARBALL)) \
+      $(if $(filter openssl,$(AEAD_LIBS)),$(DOWNLOADS)/$(OPENSSL_TARBALL)))
 	rm -rf $(MBEDTLS_DIR) && mkdir -p $(MBEDTLS_DIR)
 	tar xjf $< -C $(MBEDTLS_DIR) --strip-components=1
 	cp $(MBEDTLS_CONFIG) $(MBEDTLS_DIR)/include/mbedtls/mbedtls_config.h
@@ -338,8 +354,13 @@ ifneq ($(filter sodium,$(AEAD_LIBS)),)
 	cross/aead/build-sodium.sh $(DOWNLOADS)/$(SODIUM_TARBALL) $(MBEDTLS_DIR)/sodium $(ARCH) $(TC)/usr/bin/clang \
 	  $(DEVICE_CFLAGS) -O2
 endif
+ifneq ($(filter nettle,$(AEAD_LIBS)),)
 	cross/aead/build-nettle.sh $(DOWNLOADS)/$(NETTLE_TARBALL) $(MBEDTLS_DIR)/nettle $(GNU_TRIPLE) "$(NETTLE_OPTIONS)" $(TC)/usr/bin/clang \
 	  $(DEVICE_CFLAGS) -O2
+endif
+ifneq ($(filter openssl,$(AEAD_LIBS)),)
+	cross/aead/build-openssl-asm.sh $(DOWNLOADS)/$(OPENSSL_TARBALL) $(MBEDTLS_DIR)/openssl $(TC)/usr/bin/clang $(DEVICE_CFLAGS)
+endif
 	for f in chachapoly_portable gcm_portable lp_aead; do \
 	  $(TC)/usr/bin/clang $(DEVICE_CFLAGS) -O2 $(AEAD_DEFS) -Wall -Wextra -I$(MBEDTLS_DIR)/include -I$(MBEDTLS_DIR)/library \
 	    -I$(MBEDTLS_DIR)/sodium/include -I$(MBEDTLS_DIR)/nettle/include -c cross/aead/$$f.c \
@@ -380,6 +401,9 @@ $(DOWNLOADS)/$(SODIUM_TARBALL):
 
 $(DOWNLOADS)/$(NETTLE_TARBALL):
 	scripts/debian-source.sh nettle $(NETTLE_TARBALL) $(NETTLE_SHA256) $(DOWNLOADS)
+
+$(DOWNLOADS)/$(OPENSSL_TARBALL):
+	scripts/debian-source.sh $(OPENSSL_PACKAGE) $(OPENSSL_TARBALL) $(OPENSSL_SHA256) $(DOWNLOADS)
 
 mbedtls: $(MBEDTLS_ARCHIVES)
 
@@ -449,6 +473,19 @@ test-cross: cross venv bench-tools
 	  && echo "$$out" | grep -qF "AES-GCM (Nettle 3.8.1 (ARMv8 AES, PMULL GHASH))" \
 	  && echo "$$out" | grep -qF "ChaCha20-Poly1305 (Nettle 3.8.1 (ChaCha20 Advanced SIMD" \
 	  || { echo "aarch64 aead-selftest on cortex-a53: expected Nettle's AES-GCM and ChaCha20:"; echo "$$out"; exit 1; }
+	@# armv7: OpenSSL's NEON ChaCha20 and Poly1305 on a Cortex-A7 (NEON); mbedTLS's portable code on
+	@# a Cortex-R5F, qemu's one ARMv7 model with Thumb-2 and a VFPv3-D16 but no NEON (user-mode
+	@# code runs the same as on an ARMv7-A without NEON).
+	for model in "cortex-a7:ChaCha20-Poly1305 (OpenSSL 3.0.17 ARMv7 assembly (ChaCha20 NEON, Poly1305 NEON))" \
+	             "cortex-r5f:ChaCha20-Poly1305 (mbedTLS portable C (no NEON on this CPU))"; do \
+	  cpu=$${model%%:*} want=$${model#*:}; \
+	  for link in static fullstatic; do \
+	    out=$$(qemu-arm-static -cpu $$cpu -L /usr/arm-linux-gnueabihf .build-embedded/armv7-$$link/aead-selftest) \
+	      && echo "$$out" | grep -qF "$$want" \
+	      || { echo "armv7 $$link aead-selftest on $$cpu: expected $$want:"; echo "$$out"; exit 1; }; \
+	  done; \
+	  echo "qemu -cpu $$cpu: armv7 known answers and differential checks passed"; \
+	done
 	for arch in aarch64 armv7; do \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(CROSS_SELECT) $(PEERS)/test_destination.py || exit 1; \
 	  LP_CROSS_ARCH=$$arch $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_tls_interop.py || exit 1; \
@@ -456,6 +493,7 @@ test-cross: cross venv bench-tools
 	done
 	@# The checksummed record-cipher transfers on the ARM build with an accelerated AEAD, both paths.
 	LP_CROSS_ARCH=aarch64 $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_record_ciphers.py
+	LP_CROSS_ARCH=armv7 $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_record_ciphers.py
 	LP_CROSS_ARCH=armv7 LP_CROSS_LINK=fullstatic $(CROSS_ENV) $(VENV)/bin/pytest -q $(PEERS)/test_dns_resolver.py
 	LP_CROSS_ARCH=armv7 LP_CROSS_LINK=fullstatic $(CROSS_ENV) $(VENV)/bin/pytest -q $(CROSS_SELECT) $(PEERS)/test_destination.py
 	@# The throughput harness with an emulated ARM build as both proxies (its figures are

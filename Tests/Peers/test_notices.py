@@ -32,6 +32,7 @@ def test_the_licence_and_the_notices_are_in_the_tree():
         ("libgcc", "GCC Runtime Library Exception"),
         ("libsodium", "ISC"),
         ("Nettle", "LGPL-3.0-or-later"),
+        ("OpenSSL", "Apache-2.0"),
     ]:
         rows = [line for line in notices.splitlines() if line.startswith("|") and component in line]
         assert rows, f"NOTICES.md has no row for {component}"
@@ -48,5 +49,7 @@ def test_notices_name_the_releases_the_static_builds_use():
     assert f"libsodium {sodium}" in notices
     nettle = re.search(r"^NETTLE_TARBALL\s*:=\s*nettle_(\S+)\.orig", makefile, re.M).group(1)
     assert f"Nettle {nettle}" in notices
+    openssl = re.search(r"^OPENSSL_TARBALL\s*:=\s*openssl_(\S+)\.orig", makefile, re.M).group(1)
+    assert f"OpenSSL {openssl}" in notices
     libuv = re.search(r"^LIBUV_VERSION\s*:=\s*(\S+)", makefile, re.M).group(1)
     assert f"libuv {libuv}" in notices

@@ -5,6 +5,8 @@
  *
  *   LP_AEAD_CHACHAPOLY_SODIUM  ChaCha20-Poly1305 from libsodium (x86_64: AVX2 or SSSE3)
  *   LP_AEAD_CHACHAPOLY_NETTLE  ChaCha20-Poly1305 from Nettle (aarch64: ASIMD ChaCha20)
+ *   LP_AEAD_CHACHAPOLY_OPENSSL ChaCha20 and Poly1305 from OpenSSL's armv7 assembly (NEON),
+ *                              assembled by build-openssl-asm.sh, with the AEAD built here
  *   LP_AEAD_GCM_NETTLE         AES-128-GCM and AES-256-GCM from Nettle (x86_64: AES-NI and
  *                              PCLMULQDQ; aarch64: the ARMv8 AES and PMULL instructions)
  *
@@ -24,10 +26,10 @@
 #include "common.h"
 #include "mbedtls/platform_util.h"
 
-#if defined(LP_AEAD_CHACHAPOLY_SODIUM) && defined(LP_AEAD_CHACHAPOLY_NETTLE)
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM) + defined(LP_AEAD_CHACHAPOLY_NETTLE) + defined(LP_AEAD_CHACHAPOLY_OPENSSL) > 1
 #error "one ChaCha20-Poly1305 library at a time"
 #endif
-#if defined(LP_AEAD_CHACHAPOLY_SODIUM) || defined(LP_AEAD_CHACHAPOLY_NETTLE)
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM) || defined(LP_AEAD_CHACHAPOLY_NETTLE) || defined(LP_AEAD_CHACHAPOLY_OPENSSL)
 #define LP_AEAD_CHACHAPOLY 1
 #include "mbedtls/chachapoly.h"
 #if !defined(MBEDTLS_CHACHAPOLY_ALT)
@@ -42,6 +44,22 @@
 #include "nettle/chacha-poly1305.h"
 #include "nettle/memops.h"
 #include <sys/auxv.h>
+#endif
+#if defined(LP_AEAD_CHACHAPOLY_OPENSSL)
+#include "mbedtls/constant_time.h"
+#include <sys/auxv.h>
+#if !defined(__ARM_ARCH) || __ARM_ARCH != 7 || !defined(__ARMEL__)
+#error "LP_AEAD_CHACHAPOLY_OPENSSL is OpenSSL's little-endian armv7 code"
+#endif
+
+/* OpenSSL's assembly, its global names prefixed lp_openssl_ by build-openssl-asm.sh. The key
+ * and the counter block are read as aligned 32-bit words (ldmia); the data may be unaligned
+ * and in place (output == input). */
+/* OpenSSL's CPU-feature word (OPENSSL_armcap_P); set at the first key set. */
+unsigned int lp_openssl_armcap;
+void lp_openssl_chacha20_ctr32(unsigned char *out, const unsigned char *in, size_t len, const uint32_t key[8],
+                               const uint32_t counter[4]);
+int lp_openssl_poly1305_init(void *state, const unsigned char key[16], void *functions[2]);
 #endif
 
 #if defined(LP_AEAD_GCM_NETTLE)
@@ -119,7 +137,20 @@ static int chachapoly_use_fast(void)
         chachapoly_text = FORCED_TEXT;
         return chachapoly_fast;
     }
-#if defined(LP_AEAD_CHACHAPOLY_NETTLE)
+#if defined(LP_AEAD_CHACHAPOLY_OPENSSL)
+    /* OpenSSL's code tests the NEON bit of its feature word itself, but only for inputs long
+     * enough to pay off, and its integer code for the rest is not mbedTLS's: without NEON (the
+     * kernel's HWCAP_NEON, bit 12) the whole AEAD stays on mbedTLS's portable code. */
+    if ((getauxval(AT_HWCAP) & (1UL << 12)) != 0) {
+        lp_openssl_armcap = 1; /* ARMV7_NEON in OpenSSL's crypto/arm_arch.h */
+        chachapoly_fast = 1;
+        chachapoly_text = "OpenSSL 3.0.17 ARMv7 assembly (ChaCha20 NEON, Poly1305 NEON)";
+    } else {
+        chachapoly_fast = 0;
+        chachapoly_text = "mbedTLS portable C (no NEON on this CPU)";
+    }
+    return chachapoly_fast;
+#elif defined(LP_AEAD_CHACHAPOLY_NETTLE)
     /* Nettle's arm64 ChaCha20 is Advanced SIMD code, compiled in unconditionally (build-nettle.sh);
      * every AArch64 Linux CPU has Advanced SIMD, but the kernel says so (HWCAP_ASIMD, bit 1). */
     if ((getauxval(AT_HWCAP) & (1UL << 1)) != 0) {
@@ -148,6 +179,73 @@ static int chachapoly_use_fast(void)
     return chachapoly_fast;
 #endif
 }
+
+#if defined(LP_AEAD_CHACHAPOLY_OPENSSL)
+
+typedef void (*openssl_poly1305_blocks)(void *state, const unsigned char *in, size_t len, uint32_t pad_bit);
+typedef void (*openssl_poly1305_emit)(void *state, unsigned char mac[16], const uint32_t nonce[4]);
+
+/* One record's ChaCha20 key and counter block, and its Poly1305 state (OpenSSL keeps that in
+ * 24 doubles; the NEON code keeps precomputed powers of the key there). */
+struct openssl_chachapoly {
+    uint32_t key[8];
+    uint32_t counter[4];
+    _Alignas(16) double poly_state[24];
+    uint32_t poly_nonce[4];
+    openssl_poly1305_blocks blocks;
+    openssl_poly1305_emit emit;
+};
+
+/* Poly1305 over `data` padded with zeros to a multiple of 16 bytes, as RFC 8439 section 2.8
+ * pads the additional data and the ciphertext. */
+static void openssl_poly1305_padded(struct openssl_chachapoly *aead, const unsigned char *data, size_t len)
+{
+    size_t whole = len & ~(size_t) 15;
+    if (whole != 0) {
+        aead->blocks(aead->poly_state, data, whole, 1);
+    }
+    if (whole != len) {
+        unsigned char last[16] = { 0 };
+        memcpy(last, data + whole, len - whole);
+        aead->blocks(aead->poly_state, last, sizeof(last), 1);
+    }
+}
+
+/* Keys ChaCha20 with the record's key and nonce, derives the Poly1305 key from block 0 and
+ * authenticates the additional data (RFC 8439 section 2.8). */
+static void openssl_chachapoly_start(struct openssl_chachapoly *aead, const unsigned char key[32],
+                                     const unsigned char nonce[12], const unsigned char *aad, size_t aad_len)
+{
+    unsigned char block0[64] = { 0 };
+    void *functions[2];
+    memcpy(aead->key, key, sizeof(aead->key));
+    aead->counter[0] = 0;
+    memcpy(&aead->counter[1], nonce, 12);
+    lp_openssl_chacha20_ctr32(block0, block0, sizeof(block0), aead->key, aead->counter);
+    lp_openssl_poly1305_init(aead->poly_state, block0, functions);
+    aead->blocks = (openssl_poly1305_blocks) functions[0];
+    aead->emit = (openssl_poly1305_emit) functions[1];
+    memcpy(aead->poly_nonce, block0 + 16, sizeof(aead->poly_nonce));
+    mbedtls_platform_zeroize(block0, sizeof(block0));
+    openssl_poly1305_padded(aead, aad, aad_len);
+    aead->counter[0] = 1;
+}
+
+/* Authenticates the ciphertext and the two lengths, and writes the tag. */
+static void openssl_chachapoly_tag(struct openssl_chachapoly *aead, const unsigned char *ciphertext, size_t len,
+                                   size_t aad_len, unsigned char tag[16])
+{
+    unsigned char lengths[16];
+    uint64_t aad_bits = aad_len, text_bits = len;
+    openssl_poly1305_padded(aead, ciphertext, len);
+    for (int i = 0; i < 8; i++) {
+        lengths[i] = (unsigned char) (aad_bits >> (8 * i));
+        lengths[8 + i] = (unsigned char) (text_bits >> (8 * i));
+    }
+    aead->blocks(aead->poly_state, lengths, sizeof(lengths), 1);
+    aead->emit(aead->poly_state, tag, aead->poly_nonce);
+}
+#endif
 
 #if defined(LP_AEAD_CHACHAPOLY_NETTLE)
 /* Keys a Nettle context for one record and authenticates its additional data. */
@@ -218,7 +316,13 @@ int mbedtls_chachapoly_encrypt_and_tag(mbedtls_chachapoly_context *ctx, size_t l
         return lp_portable_chachapoly_encrypt_and_tag(PORTABLE_CHACHAPOLY(ctx), length, nonce, aad, aad_len,
                                                       input, output, tag);
     }
-#if defined(LP_AEAD_CHACHAPOLY_NETTLE)
+#if defined(LP_AEAD_CHACHAPOLY_OPENSSL)
+    struct openssl_chachapoly aead;
+    openssl_chachapoly_start(&aead, ctx->key, nonce, aad, aad_len);
+    lp_openssl_chacha20_ctr32(output, input, length, aead.key, aead.counter);
+    openssl_chachapoly_tag(&aead, output, length, aad_len, tag);
+    mbedtls_platform_zeroize(&aead, sizeof(aead));
+#elif defined(LP_AEAD_CHACHAPOLY_NETTLE)
     /* Nettle allows output == input (in place), as mbedTLS does. Its key set-up only copies
      * the key, so a context on the stack per record costs nothing measurable. */
     struct chacha_poly1305_ctx nettle;
@@ -244,7 +348,19 @@ int mbedtls_chachapoly_auth_decrypt(mbedtls_chachapoly_context *ctx, size_t leng
         return lp_portable_chachapoly_auth_decrypt(PORTABLE_CHACHAPOLY(ctx), length, nonce, aad, aad_len, tag,
                                                    input, output);
     }
-#if defined(LP_AEAD_CHACHAPOLY_NETTLE)
+#if defined(LP_AEAD_CHACHAPOLY_OPENSSL)
+    /* The tag is checked (in constant time) before anything is decrypted. */
+    struct openssl_chachapoly aead;
+    unsigned char expected[16];
+    openssl_chachapoly_start(&aead, ctx->key, nonce, aad, aad_len);
+    openssl_chachapoly_tag(&aead, input, length, aad_len, expected);
+    int refused = mbedtls_ct_memcmp(expected, tag, sizeof(expected)) != 0;
+    if (!refused) {
+        lp_openssl_chacha20_ctr32(output, input, length, aead.key, aead.counter);
+    }
+    mbedtls_platform_zeroize(&aead, sizeof(aead));
+    mbedtls_platform_zeroize(expected, sizeof(expected));
+#elif defined(LP_AEAD_CHACHAPOLY_NETTLE)
     /* Nettle authenticates the ciphertext as it decrypts (in place allowed); the tag is
      * compared in constant time afterwards. */
     struct chacha_poly1305_ctx nettle;
