@@ -180,7 +180,8 @@ func randomQueryID() -> UInt16 {
 /// Reads a resolver file: nil if it cannot be opened or read; a file longer than `limit` is
 /// cut after its last whole line within the limit, so no line is parsed in part.
 func readResolverFile(_ path: String, limit: Int) -> [UInt8]? {
-    guard var (data, complete) = try? readSmallFile(path, limit: limit) else { return nil }
+    guard let (read, complete) = try? readSmallFile(path, limit: limit) else { return nil }
+    var data = read
     if !complete, let lastLine = data.lastIndex(of: 0x0A) { data.removeSubrange((lastLine + 1)...) }
     return data
 }

@@ -4,9 +4,9 @@
  * everywhere else. Which library serves which AEAD is chosen per architecture by the Makefile:
  *
  *   LP_AEAD_CHACHAPOLY_SODIUM  ChaCha20-Poly1305 from libsodium (x86_64: AVX2 or SSSE3)
- *   LP_AEAD_CHACHAPOLY_NETTLE  ChaCha20-Poly1305 from Nettle (aarch64: ASIMD ChaCha20)
- *   LP_AEAD_CHACHAPOLY_OPENSSL ChaCha20 and Poly1305 from OpenSSL's armv7 assembly (NEON),
- *                              assembled by build-openssl-asm.sh, with the AEAD built here
+ *   LP_AEAD_CHACHAPOLY_OPENSSL ChaCha20 and Poly1305 from OpenSSL's ARM assembly (armv7 NEON,
+ *                              aarch64 Advanced SIMD), assembled by build-openssl-asm.sh, with
+ *                              the AEAD built here
  *   LP_AEAD_GCM_NETTLE         AES-128-GCM and AES-256-GCM from Nettle (x86_64: AES-NI and
  *                              PCLMULQDQ; aarch64: the ARMv8 AES and PMULL instructions)
  *
@@ -26,10 +26,10 @@
 #include "common.h"
 #include "mbedtls/platform_util.h"
 
-#if defined(LP_AEAD_CHACHAPOLY_SODIUM) + defined(LP_AEAD_CHACHAPOLY_NETTLE) + defined(LP_AEAD_CHACHAPOLY_OPENSSL) > 1
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM) && defined(LP_AEAD_CHACHAPOLY_OPENSSL)
 #error "one ChaCha20-Poly1305 library at a time"
 #endif
-#if defined(LP_AEAD_CHACHAPOLY_SODIUM) || defined(LP_AEAD_CHACHAPOLY_NETTLE) || defined(LP_AEAD_CHACHAPOLY_OPENSSL)
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM) || defined(LP_AEAD_CHACHAPOLY_OPENSSL)
 #define LP_AEAD_CHACHAPOLY 1
 #include "mbedtls/chachapoly.h"
 #if !defined(MBEDTLS_CHACHAPOLY_ALT)
@@ -40,21 +40,27 @@
 #include "sodium/crypto_aead_chacha20poly1305.h"
 #include "sodium/runtime.h"
 #endif
-#if defined(LP_AEAD_CHACHAPOLY_NETTLE)
-#include "nettle/chacha-poly1305.h"
-#include "nettle/memops.h"
-#include <sys/auxv.h>
-#endif
 #if defined(LP_AEAD_CHACHAPOLY_OPENSSL)
 #include "mbedtls/constant_time.h"
 #include <sys/auxv.h>
-#if !defined(__ARM_ARCH) || __ARM_ARCH != 7 || !defined(__ARMEL__)
-#error "LP_AEAD_CHACHAPOLY_OPENSSL is OpenSSL's little-endian armv7 code"
+#if defined(__ARMEL__) && defined(__ARM_ARCH) && __ARM_ARCH == 7
+/* OpenSSL's armv4 code tests NEON (ARMV7_NEON in its crypto/arm_arch.h) itself, but only for
+ * inputs long enough to pay off; the kernel reports NEON as HWCAP_NEON, bit 12. */
+#define OPENSSL_SIMD_HWCAP (1UL << 12)
+#define OPENSSL_CHACHAPOLY_TEXT "OpenSSL 3.0.17 ARMv7 assembly (ChaCha20 NEON, Poly1305 NEON)"
+#define OPENSSL_NO_SIMD_TEXT "mbedTLS portable C (no NEON on this CPU)"
+#elif defined(__aarch64__) && defined(__AARCH64EL__)
+/* Every AArch64 Linux CPU has Advanced SIMD, but the kernel says so (HWCAP_ASIMD, bit 1). */
+#define OPENSSL_SIMD_HWCAP (1UL << 1)
+#define OPENSSL_CHACHAPOLY_TEXT "OpenSSL 3.0.17 ARMv8 assembly (ChaCha20 Advanced SIMD, Poly1305 Advanced SIMD)"
+#define OPENSSL_NO_SIMD_TEXT "mbedTLS portable C (no Advanced SIMD on this CPU)"
+#else
+#error "LP_AEAD_CHACHAPOLY_OPENSSL is OpenSSL's little-endian armv7 or aarch64 code"
 #endif
 
 /* OpenSSL's assembly, its global names prefixed lp_openssl_ by build-openssl-asm.sh. The key
- * and the counter block are read as aligned 32-bit words (ldmia); the data may be unaligned
- * and in place (output == input). */
+ * and the counter block are read as aligned 32-bit words (ldmia on armv7); the data may be
+ * unaligned and in place (output == input). */
 /* OpenSSL's CPU-feature word (OPENSSL_armcap_P); set at the first key set. */
 unsigned int lp_openssl_armcap;
 void lp_openssl_chacha20_ctr32(unsigned char *out, const unsigned char *in, size_t len, const uint32_t key[8],
@@ -138,27 +144,15 @@ static int chachapoly_use_fast(void)
         return chachapoly_fast;
     }
 #if defined(LP_AEAD_CHACHAPOLY_OPENSSL)
-    /* OpenSSL's code tests the NEON bit of its feature word itself, but only for inputs long
-     * enough to pay off, and its integer code for the rest is not mbedTLS's: without NEON (the
-     * kernel's HWCAP_NEON, bit 12) the whole AEAD stays on mbedTLS's portable code. */
-    if ((getauxval(AT_HWCAP) & (1UL << 12)) != 0) {
-        lp_openssl_armcap = 1; /* ARMV7_NEON in OpenSSL's crypto/arm_arch.h */
+    /* Without the SIMD instructions the whole AEAD stays on mbedTLS's portable code (OpenSSL's
+     * integer code for short inputs is not used alone). */
+    if ((getauxval(AT_HWCAP) & OPENSSL_SIMD_HWCAP) != 0) {
+        lp_openssl_armcap = 1; /* ARMV7_NEON in OpenSSL's crypto/arm_arch.h: NEON / Advanced SIMD */
         chachapoly_fast = 1;
-        chachapoly_text = "OpenSSL 3.0.17 ARMv7 assembly (ChaCha20 NEON, Poly1305 NEON)";
+        chachapoly_text = OPENSSL_CHACHAPOLY_TEXT;
     } else {
         chachapoly_fast = 0;
-        chachapoly_text = "mbedTLS portable C (no NEON on this CPU)";
-    }
-    return chachapoly_fast;
-#elif defined(LP_AEAD_CHACHAPOLY_NETTLE)
-    /* Nettle's arm64 ChaCha20 is Advanced SIMD code, compiled in unconditionally (build-nettle.sh);
-     * every AArch64 Linux CPU has Advanced SIMD, but the kernel says so (HWCAP_ASIMD, bit 1). */
-    if ((getauxval(AT_HWCAP) & (1UL << 1)) != 0) {
-        chachapoly_fast = 1;
-        chachapoly_text = "Nettle 3.8.1 (ChaCha20 Advanced SIMD, Poly1305 C)";
-    } else {
-        chachapoly_fast = 0;
-        chachapoly_text = "mbedTLS portable C (no Advanced SIMD on this CPU)";
+        chachapoly_text = OPENSSL_NO_SIMD_TEXT;
     }
     return chachapoly_fast;
 #else
@@ -247,16 +241,6 @@ static void openssl_chachapoly_tag(struct openssl_chachapoly *aead, const unsign
 }
 #endif
 
-#if defined(LP_AEAD_CHACHAPOLY_NETTLE)
-/* Keys a Nettle context for one record and authenticates its additional data. */
-static void nettle_chachapoly_start(struct chacha_poly1305_ctx *nettle, const unsigned char key[32],
-                                    const unsigned char nonce[12], const unsigned char *aad, size_t aad_len)
-{
-    nettle_chacha_poly1305_set_key(nettle, key);
-    nettle_chacha_poly1305_set_nonce(nettle, nonce);
-    nettle_chacha_poly1305_update(nettle, aad_len, aad);
-}
-#endif
 
 const char *lp_aead_chachapoly_backend(void)
 {
@@ -322,14 +306,6 @@ int mbedtls_chachapoly_encrypt_and_tag(mbedtls_chachapoly_context *ctx, size_t l
     lp_openssl_chacha20_ctr32(output, input, length, aead.key, aead.counter);
     openssl_chachapoly_tag(&aead, output, length, aad_len, tag);
     mbedtls_platform_zeroize(&aead, sizeof(aead));
-#elif defined(LP_AEAD_CHACHAPOLY_NETTLE)
-    /* Nettle allows output == input (in place), as mbedTLS does. Its key set-up only copies
-     * the key, so a context on the stack per record costs nothing measurable. */
-    struct chacha_poly1305_ctx nettle;
-    nettle_chachapoly_start(&nettle, ctx->key, nonce, aad, aad_len);
-    nettle_chacha_poly1305_encrypt(&nettle, length, output, input);
-    nettle_chacha_poly1305_digest(&nettle, 16, tag);
-    mbedtls_platform_zeroize(&nettle, sizeof(nettle));
 #else
     /* libsodium allows input == output (in place), as mbedTLS does. */
     if (crypto_aead_chacha20poly1305_ietf_encrypt_detached(output, tag, NULL, input, length, aad, aad_len,
@@ -359,17 +335,6 @@ int mbedtls_chachapoly_auth_decrypt(mbedtls_chachapoly_context *ctx, size_t leng
         lp_openssl_chacha20_ctr32(output, input, length, aead.key, aead.counter);
     }
     mbedtls_platform_zeroize(&aead, sizeof(aead));
-    mbedtls_platform_zeroize(expected, sizeof(expected));
-#elif defined(LP_AEAD_CHACHAPOLY_NETTLE)
-    /* Nettle authenticates the ciphertext as it decrypts (in place allowed); the tag is
-     * compared in constant time afterwards. */
-    struct chacha_poly1305_ctx nettle;
-    unsigned char expected[16];
-    nettle_chachapoly_start(&nettle, ctx->key, nonce, aad, aad_len);
-    nettle_chacha_poly1305_decrypt(&nettle, length, output, input);
-    nettle_chacha_poly1305_digest(&nettle, 16, expected);
-    int refused = !nettle_memeql_sec(expected, tag, 16);
-    mbedtls_platform_zeroize(&nettle, sizeof(nettle));
     mbedtls_platform_zeroize(expected, sizeof(expected));
 #else
     /* libsodium checks the tag before decrypting anything. */

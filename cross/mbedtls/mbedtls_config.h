@@ -147,7 +147,7 @@
  * Makefile does per architecture), except in the files that compile mbedTLS's own
  * implementations under other names as the fallback (LP_PORTABLE_AEAD). */
 #if !defined(LP_PORTABLE_AEAD)
-#if defined(LP_AEAD_CHACHAPOLY_SODIUM) || defined(LP_AEAD_CHACHAPOLY_NETTLE) || defined(LP_AEAD_CHACHAPOLY_OPENSSL)
+#if defined(LP_AEAD_CHACHAPOLY_SODIUM) || defined(LP_AEAD_CHACHAPOLY_OPENSSL)
 #define MBEDTLS_CHACHAPOLY_ALT
 #endif
 #if defined(LP_AEAD_GCM_NETTLE)
