@@ -7,6 +7,8 @@
  *   LP_AEAD_CHACHAPOLY_OPENSSL ChaCha20 and Poly1305 from OpenSSL's ARM assembly (armv7 NEON,
  *                              aarch64 Advanced SIMD), assembled by build-openssl-asm.sh, with
  *                              the AEAD built here
+ *   LP_AEAD_GCM_OPENSSL        AES-128-GCM and AES-256-GCM on OpenSSL's armv7 assembly (AES in
+ *                              ARMv4 integer code, GHASH in NEON), GCM built here
  *   LP_AEAD_GCM_NETTLE         AES-128-GCM and AES-256-GCM from Nettle (x86_64: AES-NI and
  *                              PCLMULQDQ; aarch64: the ARMv8 AES and PMULL instructions)
  *
@@ -68,13 +70,37 @@ void lp_openssl_chacha20_ctr32(unsigned char *out, const unsigned char *in, size
 int lp_openssl_poly1305_init(void *state, const unsigned char key[16], void *functions[2]);
 #endif
 
-#if defined(LP_AEAD_GCM_NETTLE)
-#include "mbedtls/gcm.h"
-#include "nettle/gcm.h"
-#include "nettle/memops.h"
-#if !defined(MBEDTLS_GCM_ALT)
-#error "LP_AEAD_GCM_NETTLE needs MBEDTLS_GCM_ALT in the mbedTLS configuration"
+#if defined(LP_AEAD_GCM_NETTLE) && defined(LP_AEAD_GCM_OPENSSL)
+#error "one AES-GCM library at a time"
 #endif
+#if defined(LP_AEAD_GCM_NETTLE) || defined(LP_AEAD_GCM_OPENSSL)
+#define LP_AEAD_GCM 1
+#include "mbedtls/gcm.h"
+#include "mbedtls/constant_time.h"
+#if !defined(MBEDTLS_GCM_ALT)
+#error "LP_AEAD_GCM_* needs MBEDTLS_GCM_ALT in the mbedTLS configuration"
+#endif
+#endif
+#if defined(LP_AEAD_GCM_NETTLE)
+#include "nettle/gcm.h"
+#endif
+#if defined(LP_AEAD_GCM_OPENSSL)
+#include <sys/auxv.h>
+#if !defined(__ARMEL__) || !defined(__ARM_ARCH) || __ARM_ARCH != 7
+#error "LP_AEAD_GCM_OPENSSL is OpenSSL's little-endian armv7 code"
+#endif
+/* OpenSSL's aes-armv4 and ghash-armv4, globals prefixed lp_openssl_ by build-openssl-asm.sh.
+ * The AES key schedule is OpenSSL's AES_KEY (60 round-key words and the round count); GHASH
+ * keeps its twisted key in a 16-entry table of 128-bit values and its running value Xi as the
+ * 16 bytes of the GCM block, in order. */
+struct openssl_aes_key {
+    uint32_t rd_key[60];
+    int rounds;
+};
+int lp_openssl_AES_set_encrypt_key(const unsigned char *key, int bits, struct openssl_aes_key *schedule);
+void lp_openssl_AES_encrypt(const unsigned char in[16], unsigned char out[16], const struct openssl_aes_key *schedule);
+void lp_openssl_gcm_init_neon(uint64_t table[32], const uint64_t h[2]);
+void lp_openssl_gcm_ghash_neon(uint64_t xi[2], const uint64_t table[32], const unsigned char *in, size_t len);
 #endif
 
 /* One event-loop thread: the choices below need no locking. */
@@ -361,7 +387,7 @@ const char *lp_aead_chachapoly_backend(void)
 /* ------------------------------------------------------------------------------------------ */
 /* AES-GCM */
 
-#if defined(LP_AEAD_GCM_NETTLE)
+#if defined(LP_AEAD_GCM)
 
 typedef struct lp_portable_gcm_context lp_portable_gcm_context;
 void lp_portable_gcm_init(lp_portable_gcm_context *ctx);
@@ -391,16 +417,38 @@ int lp_portable_gcm_update(lp_portable_gcm_context *ctx, size_t length, const un
 int lp_portable_gcm_finish(lp_portable_gcm_context *ctx, unsigned char *tag, size_t tag_len);
 #endif
 
+#define PORTABLE_GCM(ctx) ((lp_portable_gcm_context *) (void *) (ctx)->portable.bytes)
+
+#if defined(LP_AEAD_GCM_NETTLE)
 _Static_assert(sizeof(struct gcm_aes128_ctx) <= LP_FAST_GCM_SIZE, "Nettle's gcm_aes128_ctx outgrew LP_FAST_GCM_SIZE");
 _Static_assert(sizeof(struct gcm_aes256_ctx) <= LP_FAST_GCM_SIZE, "Nettle's gcm_aes256_ctx outgrew LP_FAST_GCM_SIZE");
 _Static_assert(_Alignof(struct gcm_aes256_ctx) <= _Alignof(uint64_t), "Nettle's GCM context needs a stricter alignment");
 
-#define PORTABLE_GCM(ctx) ((lp_portable_gcm_context *) (void *) (ctx)->portable.bytes)
 #define FAST_GCM128(ctx) ((struct gcm_aes128_ctx *) (void *) (ctx)->fast.bytes)
 #define FAST_GCM256(ctx) ((struct gcm_aes256_ctx *) (void *) (ctx)->fast.bytes)
+#define GCM_FAST_TEXT "Nettle 3.8.1 (" GCM_FAST_INSTRUCTIONS " GHASH)"
+/* Without the instructions Nettle's AES is table-driven C, as mbedTLS's is. */
+#define GCM_NO_FAST_TEXT "mbedTLS portable C (no " GCM_FAST_INSTRUCTIONS " on this CPU)"
+#else
+/* The OpenSSL key state: the AES key schedule and the GHASH table (NEON loads it 16-aligned). */
+struct openssl_gcm {
+    uint64_t table[32];
+    struct openssl_aes_key aes;
+};
+_Static_assert(sizeof(struct openssl_gcm) <= LP_FAST_GCM_SIZE, "the OpenSSL GCM state outgrew LP_FAST_GCM_SIZE");
+#define FAST_OPENSSL_GCM(ctx) ((struct openssl_gcm *) (void *) (ctx)->fast.bytes)
+#define GCM_FAST_TEXT "OpenSSL 3.0.17 ARMv7 assembly (AES ARMv4, GHASH NEON)"
+#define GCM_NO_FAST_TEXT "mbedTLS portable C (no NEON on this CPU)"
+#endif
 
-/* The CPU check for the instructions Nettle was built with. */
-#if defined(__x86_64__)
+/* The CPU check for the instructions the fast code was built with. */
+#if defined(LP_AEAD_GCM_OPENSSL)
+/* GHASH runs on NEON (the kernel's HWCAP_NEON, bit 12); the AES is integer code. */
+static int cpu_has_aes_and_clmul(void)
+{
+    return (getauxval(AT_HWCAP) & (1UL << 12)) != 0;
+}
+#elif defined(__x86_64__)
 #define GCM_FAST_INSTRUCTIONS "AES-NI, PCLMULQDQ"
 static int cpu_has_aes_and_clmul(void)
 {
@@ -433,14 +481,13 @@ static int gcm_use_fast(void)
         gcm_fast = 0;
         gcm_text = FORCED_TEXT;
     } else if (cpu_has_aes_and_clmul()) {
-        /* Nettle is built with the AES and carry-less multiplication code of this architecture
-         * (build-nettle.sh), which only this check keeps from running on a CPU without it. */
+        /* The fast code is built with the instructions of this check (build-nettle.sh,
+         * build-openssl-asm.sh), which alone keeps it from running on a CPU without them. */
         gcm_fast = 1;
-        gcm_text = "Nettle 3.8.1 (" GCM_FAST_INSTRUCTIONS " GHASH)";
+        gcm_text = GCM_FAST_TEXT;
     } else {
-        /* Without the instructions Nettle's AES is table-driven C, as mbedTLS's is. */
         gcm_fast = 0;
-        gcm_text = "mbedTLS portable C (no " GCM_FAST_INSTRUCTIONS " on this CPU)";
+        gcm_text = GCM_NO_FAST_TEXT;
     }
     return gcm_fast;
 }
@@ -453,7 +500,13 @@ const char *lp_aead_gcm_backend(void)
 
 int lp_aead_gcm_fast(void)
 {
+#if defined(LP_AEAD_GCM_OPENSSL)
+    /* Several times faster than mbedTLS's, but still dearer than ChaCha20-Poly1305 on NEON
+     * (docs/CRYPTO.md): ChaCha20-Poly1305 stays first in the client's offer. */
+    return 0;
+#else
     return gcm_use_fast();
+#endif
 }
 
 void mbedtls_gcm_init(mbedtls_gcm_context *ctx)
@@ -500,11 +553,28 @@ int mbedtls_gcm_setkey(mbedtls_gcm_context *ctx, mbedtls_cipher_id_t cipher, con
     memcpy(ctx->key, key, keybits / 8);
     ctx->cipher = (int) cipher;
     ctx->key_bits = keybits;
+#if defined(LP_AEAD_GCM_OPENSSL)
+    /* H, the GHASH key, is the encrypted zero block, given to OpenSSL as two big-endian
+     * 64-bit halves. */
+    struct openssl_gcm *state = FAST_OPENSSL_GCM(ctx);
+    unsigned char zero[16] = { 0 };
+    uint64_t h[2] = { 0, 0 };
+    lp_openssl_AES_set_encrypt_key(key, (int) keybits, &state->aes);
+    lp_openssl_AES_encrypt(zero, zero, &state->aes);
+    for (int i = 0; i < 8; i++) {
+        h[0] = (h[0] << 8) | zero[i];
+        h[1] = (h[1] << 8) | zero[8 + i];
+    }
+    lp_openssl_gcm_init_neon(state->table, h);
+    mbedtls_platform_zeroize(zero, sizeof(zero));
+    mbedtls_platform_zeroize(h, sizeof(h));
+#else
     if (keybits == 128) {
         nettle_gcm_aes128_set_key(FAST_GCM128(ctx), key);
     } else {
         nettle_gcm_aes256_set_key(FAST_GCM256(ctx), key);
     }
+#endif
     ctx->fast_key_bits = keybits;
     return 0;
 }
@@ -564,6 +634,80 @@ static int gcm_fast_call(const mbedtls_gcm_context *ctx, size_t iv_len, size_t t
     return ctx->fast_key_bits != 0 && iv_len == 12 && tag_len >= 4 && tag_len <= 16;
 }
 
+#if defined(LP_AEAD_GCM_OPENSSL)
+/* GHASH over `data` padded with zeros to a multiple of 16 bytes (NIST SP 800-38D, 7.1). */
+static void openssl_ghash_padded(const struct openssl_gcm *fast, uint64_t xi[2], const unsigned char *data,
+                                 size_t len)
+{
+    size_t whole = len & ~(size_t) 15;
+    if (whole != 0) {
+        lp_openssl_gcm_ghash_neon(xi, fast->table, data, whole);
+    }
+    if (whole != len) {
+        unsigned char last[16] = { 0 };
+        memcpy(last, data + whole, len - whole);
+        lp_openssl_gcm_ghash_neon(xi, fast->table, last, sizeof(last));
+    }
+}
+
+/* One record, sealed or opened with a 12-byte IV: counter mode from J0 + 1 with a 32-bit
+ * big-endian counter, GHASH over the additional data and the ciphertext (each padded) and
+ * their bit lengths, tag = E(J0) xor GHASH. In place allowed: the ciphertext is hashed before
+ * it is decrypted and after it is encrypted. */
+static void openssl_gcm_crypt(const struct openssl_gcm *fast, int encrypt, size_t length, const unsigned char iv[12],
+                              const unsigned char *add, size_t add_len, const unsigned char *input,
+                              unsigned char *output, size_t tag_len, unsigned char *tag)
+{
+    unsigned char counter[16], stream[16], lengths[16];
+    uint64_t xi[2] = { 0, 0 };
+    memcpy(counter, iv, 12);
+    counter[12] = 0, counter[13] = 0, counter[14] = 0, counter[15] = 1;
+    openssl_ghash_padded(fast, xi, add, add_len);
+    if (!encrypt) {
+        openssl_ghash_padded(fast, xi, input, length);
+    }
+    uint32_t block = 1;
+    for (size_t done = 0; done < length; done += 16) {
+        block++;
+        counter[12] = (unsigned char) (block >> 24), counter[13] = (unsigned char) (block >> 16);
+        counter[14] = (unsigned char) (block >> 8), counter[15] = (unsigned char) block;
+        lp_openssl_AES_encrypt(counter, stream, &fast->aes);
+        size_t n = length - done < 16 ? length - done : 16;
+        if (n == 16) {
+            uint32_t in[4], key[4];
+            memcpy(in, input + done, 16);
+            memcpy(key, stream, 16);
+            for (int i = 0; i < 4; i++) {
+                in[i] ^= key[i];
+            }
+            memcpy(output + done, in, 16);
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                output[done + i] = input[done + i] ^ stream[i];
+            }
+        }
+    }
+    if (encrypt) {
+        openssl_ghash_padded(fast, xi, output, length);
+    }
+    uint64_t add_bits = (uint64_t) add_len * 8, text_bits = (uint64_t) length * 8;
+    for (int i = 0; i < 8; i++) {
+        lengths[i] = (unsigned char) (add_bits >> (56 - 8 * i));
+        lengths[8 + i] = (unsigned char) (text_bits >> (56 - 8 * i));
+    }
+    lp_openssl_gcm_ghash_neon(xi, fast->table, lengths, sizeof(lengths));
+    counter[12] = 0, counter[13] = 0, counter[14] = 0, counter[15] = 1;
+    lp_openssl_AES_encrypt(counter, stream, &fast->aes);
+    unsigned char hash[16];
+    memcpy(hash, xi, sizeof(hash));
+    for (size_t i = 0; i < tag_len; i++) {
+        tag[i] = hash[i] ^ stream[i];
+    }
+    mbedtls_platform_zeroize(stream, sizeof(stream));
+    mbedtls_platform_zeroize(hash, sizeof(hash));
+    mbedtls_platform_zeroize(xi, sizeof(xi));
+}
+#else
 static void gcm_fast_start(mbedtls_gcm_context *ctx, const unsigned char *iv, const unsigned char *add,
                            size_t add_len)
 {
@@ -584,6 +728,7 @@ static void gcm_fast_digest(mbedtls_gcm_context *ctx, size_t tag_len, unsigned c
         nettle_gcm_aes256_digest(FAST_GCM256(ctx), tag_len, tag);
     }
 }
+#endif
 
 int mbedtls_gcm_crypt_and_tag(mbedtls_gcm_context *ctx, int mode, size_t length, const unsigned char *iv,
                               size_t iv_len, const unsigned char *add, size_t add_len,
@@ -594,6 +739,10 @@ int mbedtls_gcm_crypt_and_tag(mbedtls_gcm_context *ctx, int mode, size_t length,
         WITH_PORTABLE_GCM(ctx, lp_portable_gcm_crypt_and_tag(portable, mode, length, iv, iv_len, add, add_len,
                                                              input, output, tag_len, tag));
     }
+#if defined(LP_AEAD_GCM_OPENSSL)
+    openssl_gcm_crypt(FAST_OPENSSL_GCM(ctx), mode == MBEDTLS_GCM_ENCRYPT, length, iv, add, add_len, input, output,
+                      tag_len, tag);
+#else
     gcm_fast_start(ctx, iv, add, add_len);
     /* Nettle allows output == input (in place), as mbedTLS does. */
     if (ctx->fast_key_bits == 128) {
@@ -610,6 +759,7 @@ int mbedtls_gcm_crypt_and_tag(mbedtls_gcm_context *ctx, int mode, size_t length,
         }
     }
     gcm_fast_digest(ctx, tag_len, tag);
+#endif
     return 0;
 }
 
@@ -624,7 +774,7 @@ int mbedtls_gcm_auth_decrypt(mbedtls_gcm_context *ctx, size_t length, const unsi
     unsigned char expected[16];
     mbedtls_gcm_crypt_and_tag(ctx, MBEDTLS_GCM_DECRYPT, length, iv, iv_len, add, add_len, input, output,
                               tag_len, expected);
-    int same = nettle_memeql_sec(expected, tag, tag_len);
+    int same = mbedtls_ct_memcmp(expected, tag, tag_len) == 0;
     mbedtls_platform_zeroize(expected, sizeof(expected));
     if (!same) {
         /* As mbedTLS does: nothing of an unauthenticated message is left in the output. */
@@ -646,4 +796,4 @@ int lp_aead_gcm_fast(void)
     return 0;
 }
 
-#endif /* LP_AEAD_GCM_NETTLE */
+#endif /* LP_AEAD_GCM */

@@ -150,7 +150,7 @@
 #if defined(LP_AEAD_CHACHAPOLY_SODIUM) || defined(LP_AEAD_CHACHAPOLY_OPENSSL)
 #define MBEDTLS_CHACHAPOLY_ALT
 #endif
-#if defined(LP_AEAD_GCM_NETTLE)
+#if defined(LP_AEAD_GCM_NETTLE) || defined(LP_AEAD_GCM_OPENSSL)
 #define MBEDTLS_GCM_ALT
 #endif
 #endif
